@@ -1,0 +1,341 @@
+"""Parse tree + `defaults` entry + command line + fetchmail's built-in defaults -> Config.
+
+The merge follows fetchmail 6.4's `load_params()` and `optmerge()`:
+
+1. every account of an entry starts from what the rcfile set for it and for its server;
+2. the `defaults` entry fills what is still unset: scalars one by one, a list only where the
+   account's list is empty;
+3. command-line options override: scalars are replaced, lists are appended to (so `-S host`
+   adds a host to the rcfile's smtphost list);
+4. fetchmail's wired-in defaults fill the rest.
+
+A few numbers are "unset" when zero, because fetchmail stores them raw and tests them for
+non-zero (`timeout 0` means the default 300); the per-account numbers (`limit 0`) are stored
+so that an explicit 0 still counts as set. `ZERO_IS_UNSET` lists the former.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+
+from fetcher.errors import ConfigError
+from fetcher.model import Config, GlobalOptions, LocalName, ServerOptions, UserOptions
+from fetcher.rcfile.parser import (
+    KPOP_PORT,
+    LIST_FIELDS,
+    RELATIVE_TO_RCFILE,
+    Entry,
+    Options,
+    RcFile,
+    UserBlock,
+    Value,
+)
+
+ZERO_IS_UNSET = frozenset({"timeout", "interval", "envskip"})
+_SERVER_FIELDS = frozenset(f.name for f in fields(ServerOptions)) | {"kpop"}
+_USER_FIELDS = frozenset(f.name for f in fields(UserOptions))
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Who runs us and where their files are: fetchmail's `envquery()`."""
+
+    user: str
+    home: str
+    fetchmailhome: str | None
+    home_etc: str | None
+    is_root: bool
+
+    @classmethod
+    def from_os(cls, environ: Mapping[str, str] | None = None) -> Environment:
+        env = os.environ if environ is None else environ
+        try:
+            entry: pwd.struct_passwd | None = pwd.getpwuid(os.getuid())
+        except KeyError:
+            entry = None
+        # fetchmail 6.4 takes the login name from the password database only; FETCHMAILUSER,
+        # LOGNAME and USER do not change it (checked against 6.4.37)
+        if entry is not None:
+            user = entry.pw_name
+        else:
+            user = env.get("LOGNAME") or env.get("USER") or ""
+            if not user:
+                raise ConfigError("You don't exist.  Go away.")
+        home = env.get("HOME") or (entry.pw_dir if entry else "/")
+        return cls(
+            user=user,
+            home=home,
+            fetchmailhome=env.get("FETCHMAILHOME") or None,
+            home_etc=env.get("HOME_ETC") or None,
+            is_root=os.getuid() == 0,
+        )
+
+    @property
+    def default_rcfile(self) -> str:
+        if self.fetchmailhome:
+            return os.path.join(self.fetchmailhome, "fetchmailrc")
+        return os.path.join(self.home_etc or self.home, ".fetchmailrc")
+
+    @property
+    def default_idfile(self) -> str:
+        return os.path.join(self.fetchmailhome or self.home, ".fetchids")
+
+    @property
+    def default_pidfile(self) -> str:
+        if self.fetchmailhome:
+            return os.path.join(self.fetchmailhome, "fetchmail.pid")
+        if self.is_root:
+            return "/var/run/fetchmail.pid"
+        return os.path.join(self.home, ".fetchmail.pid")
+
+    @property
+    def netrc_path(self) -> str:
+        return os.path.join(self.home_etc or self.home, ".netrc")
+
+
+@dataclass
+class Overrides:
+    """What the command line sets, keyed like the configdump. Lists are appended."""
+
+    globals: dict[str, object]
+    server: dict[str, object]
+    user: dict[str, object]
+
+    @classmethod
+    def none(cls) -> Overrides:
+        return cls({}, {}, {})
+
+
+def _resolve_paths(options: Options, rcfile: str | None) -> None:
+    """Make relative paths absolute against the rcfile's directory, as fetchmail does."""
+    if rcfile is None or rcfile == "-":
+        base = os.getcwd()
+    else:
+        base = os.path.dirname(os.path.abspath(rcfile))
+    for key in RELATIVE_TO_RCFILE & options.keys():
+        value = options[key]
+        if isinstance(value, str) and value and value != "-" and not value.startswith("/"):
+            options[key] = os.path.join(base, value)
+
+
+def _is_set(options: Mapping[str, object], key: str) -> bool:
+    if key not in options:
+        return False
+    value = options[key]
+    if key in ZERO_IS_UNSET and value == 0:
+        return False
+    if key in LIST_FIELDS:
+        return bool(value)
+    return True
+
+
+def _fill_unset(target: Options, source: Mapping[str, object]) -> None:
+    """fetchmail's optmerge(force=FALSE): take from `source` what `target` leaves unset."""
+    for key, value in source.items():
+        if not _is_set(target, key) and _is_set(source, key):
+            target[key] = _copy(value)
+
+
+def _force(target: Options, source: Mapping[str, object]) -> None:
+    """fetchmail's optmerge(force=TRUE): command-line values win; lists are appended."""
+    for key, value in source.items():
+        if key in LIST_FIELDS:
+            current = target.get(key)
+            if isinstance(current, list) and isinstance(value, list):
+                target[key] = [*current, *value]
+            else:
+                target[key] = _copy(value)
+        else:
+            target[key] = _copy(value)
+
+
+def _copy(value: object) -> Value:
+    return list(value) if isinstance(value, list) else value  # type: ignore[return-value]
+
+
+def _account_records(entry: Entry) -> list[tuple[Options, Options, int]]:
+    """fetchmail keeps one record per account, each with its own copy of the server part."""
+    return [(dict(entry.server), dict(block.options), block.line) for block in entry.users]
+
+
+def _merged(server: Options, user: Options) -> Options:
+    merged: Options = {**server, **user}
+    if merged.pop("kpop", False) and merged.get("auth", "any") in ("any", "password"):
+        # `proto kpop` means Kerberos unless another strong method was named (6.4 with KRB5)
+        merged["auth"] = "kerberos_v5"
+    return merged
+
+
+def build(
+    rc: RcFile | None,
+    env: Environment,
+    overrides: Overrides | None = None,
+    servers: Iterable[str] = (),
+    check_only: bool = False,
+) -> Config:
+    """Apply defaults, the `defaults` entry and the command line; select the entries to poll."""
+    overrides = overrides or Overrides.none()
+    rcpath = rc.path if rc else None
+    entries = list(rc.entries) if rc else []
+
+    defaults_record: Options = {}
+    if entries and entries[0].is_defaults:
+        head = entries.pop(0)
+        records = _account_records(head)
+        if len(records) > 1:
+            raise _multiple_defaults()
+        server, user, _ = records[0]
+        defaults_record = _merged(server, user)
+        _resolve_paths(defaults_record, rcpath)
+    if any(e.is_defaults for e in entries):
+        raise _multiple_defaults()
+
+    named = list(servers)
+    for name in named:
+        if not any(e.name == name or name in _aka(e) for e in entries):
+            synthesized = Entry(name, 0)
+            synthesized.server["via"] = name
+            synthesized.users.append(UserBlock(0, explicit=False))
+            entries.append(synthesized)
+
+    warnings: list[str] = []
+    global_options = _build_globals(
+        rc.globals if rc else {}, overrides, env, rcpath, check_only, warnings
+    )
+
+    built: list[ServerOptions] = []
+    for entry in entries:
+        selected = (entry.name in named or any(n in _aka(entry) for n in named)) if named else (
+            not entry.skip
+        )
+        lead: ServerOptions | None = None
+        for server_part, user_part, line in _account_records(entry):
+            record = _merged(server_part, user_part)
+            _resolve_paths(record, rcpath)
+            _fill_unset(record, defaults_record)
+            _force(record, overrides.server)
+            _force(record, overrides.user)
+            _apply_wired_defaults(record, env)
+            user = _make_user(record)
+            user.line = line
+            if lead is None:
+                lead = _make_server(record, entry, selected)
+                built.append(lead)
+            lead.users.append(user)
+            if user.multidrop and "envelope" not in record:
+                warnings.append(f"warning: multidrop for {entry.name} requires envelope option!")
+                warnings.append("warning: Do not ask for support if all mail goes to postmaster!")
+    _check(built)
+    return Config(global_options, built, rcfile=rcpath, warnings=warnings)
+
+
+def _multiple_defaults() -> ConfigError:
+    return ConfigError(
+        'Error: multiple "defaults" records in config file, or "defaults" is not the first record.'
+    )
+
+
+def _aka(entry: Entry) -> list[str]:
+    value = entry.server.get("aka")
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _build_globals(
+    rc_globals: Options,
+    overrides: Overrides,
+    env: Environment,
+    rcpath: str | None,
+    check_only: bool,
+    warnings: list[str],
+) -> GlobalOptions:
+    values: Options = dict(rc_globals)
+    _resolve_paths(values, rcpath)
+    values.update({k: _copy(v) for k, v in overrides.globals.items()})
+    options = GlobalOptions(**values)  # type: ignore[arg-type]
+    if options.logfile is not None and not os.path.exists(options.logfile):
+        # fetchmail appends to an existing logfile only, so that a typo cannot create files
+        warnings.append(f'Logfile "{options.logfile}" does not exist, ignoring logfile option.')
+        options.logfile = None
+    if options.idfile is None:
+        options.idfile = env.default_idfile
+    if options.pidfile is None:
+        options.pidfile = env.default_pidfile
+    if options.postmaster is None:
+        options.postmaster = "postmaster" if env.is_root else env.user
+    if check_only:
+        options.poll_interval = 0  # -c and daemon mode don't mix
+    return options
+
+
+def _apply_wired_defaults(record: Options, env: Environment) -> None:
+    record.setdefault("remote", env.user)
+    record.setdefault("esmtpname", env.user)
+    if not record.get("localnames"):
+        record["localnames"] = [(env.user, None)]
+    if not record.get("smtphunt"):
+        record["smtphunt"] = ["localhost"]
+    if "stripcr" not in record:
+        record["stripcr"] = record.get("mda") is not None
+    for key in ZERO_IS_UNSET:
+        if not _is_set(record, key):
+            record.pop(key, None)
+
+
+def _make_user(record: Options) -> UserOptions:
+    values = {k: v for k, v in record.items() if k in _USER_FIELDS and k != "line"}
+    localnames = values.get("localnames")
+    if isinstance(localnames, list):
+        values["localnames"] = [tuple(n) for n in localnames]
+    return UserOptions(**values)  # type: ignore[arg-type]
+
+
+def _make_server(record: Options, entry: Entry, selected: bool) -> ServerOptions:
+    values = {
+        k: v
+        for k, v in record.items()
+        if k in _SERVER_FIELDS and k not in ("kpop", "users", "line", "active", "selected")
+    }
+    server = ServerOptions(**values)  # type: ignore[arg-type]
+    server.pollname = entry.name
+    server.active = not entry.skip
+    server.selected = selected
+    server.line = entry.line
+    return server
+
+
+def _check(servers: list[ServerOptions]) -> None:
+    """The checks fetchmail makes after merging, which end the run with exit 5."""
+    for server in servers:
+        if server.service is not None and _port_of(server.service) < 0:
+            raise ConfigError(
+                f"{server.pollname} configuration invalid, specify positive port number for "
+                "service or port"
+            )
+        for user in server.users:
+            if user.lmtp:
+                for host in user.smtphunt:
+                    if host.startswith("/"):
+                        continue
+                    _, slash, port = host.rpartition("/")
+                    if not slash or port in ("smtp", "25") or _port_of(port) == 25:
+                        raise ConfigError(
+                            f"{server.pollname} configuration invalid, LMTP can't use default "
+                            "SMTP port"
+                        )
+
+
+def _port_of(service: str) -> int:
+    """The port a service name or number stands for; -1 if it names none."""
+    if service.lstrip("-").isdigit():
+        return int(service)
+    import socket
+
+    try:
+        return socket.getservbyname(service, "tcp")
+    except OSError:
+        return -1
+
+

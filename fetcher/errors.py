@@ -1,0 +1,80 @@
+"""The exception hierarchy. Every error carries the fetchmail exit code it leads to.
+
+Local errors (our configuration or environment is wrong) are kept apart from remote ones (a
+server misbehaved), as h11 does. Where a builtin fits, the class inherits it too, so callers
+that catch `ConnectionError` or `TimeoutError` keep working.
+"""
+
+from __future__ import annotations
+
+from fetcher.exitcodes import ExitCode
+
+
+class PyfetchError(Exception):
+    """Base class. `str(err)` is the whole user-facing message, without the `pyfetch:` prefix."""
+
+    exit_code: ExitCode = ExitCode.UNDEFINED
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class LocalError(PyfetchError):
+    """Something on our side is wrong: configuration, files, arguments."""
+
+
+class ConfigError(LocalError):
+    """The rcfile, the TOML file or the command line is invalid (exit 5)."""
+
+    exit_code = ExitCode.SYNTAX
+
+
+class RcSyntaxError(ConfigError):
+    """A syntax error at a known place in the rcfile: `FILE:LINE: MESSAGE at TOKEN`."""
+
+    def __init__(self, path: str, line: int, message: str, token: str | None) -> None:
+        self.path = path
+        self.line = line
+        self.reason = message
+        self.token = token
+        where = token if token is not None else "end of input"
+        super().__init__(f"{path}:{line}: {message} at {where}")
+
+
+class PermissionsError(LocalError):
+    """The rcfile (or the idfile) may be read or changed by others (exit 6)."""
+
+    exit_code = ExitCode.IOERR
+
+
+class CredentialsError(LocalError):
+    """No password could be found or asked for (exit 3)."""
+
+    exit_code = ExitCode.AUTHFAIL
+
+
+class UnsupportedFeatureError(ConfigError):
+    """The rcfile asks for a fetchmail feature pyfetch parses but does not implement."""
+
+
+class RemoteError(PyfetchError):
+    """A server did something wrong or refused us."""
+
+
+class ServerConnectionError(RemoteError, ConnectionError):
+    exit_code = ExitCode.SOCKET
+
+
+class ServerTimeoutError(RemoteError, TimeoutError):
+    exit_code = ExitCode.ERROR
+
+
+class AuthenticationError(RemoteError):
+    exit_code = ExitCode.AUTHFAIL
+
+
+class ProtocolError(RemoteError):
+    exit_code = ExitCode.PROTOCOL
