@@ -109,7 +109,7 @@ class Overrides:
         return cls({}, {}, {})
 
 
-def _resolve_paths(options: Options, rcfile: str | None) -> None:
+def resolve_paths(options: Options, rcfile: str | None) -> None:
     """Make relative paths absolute against the rcfile's directory, as fetchmail does."""
     if rcfile is None or rcfile == "-":
         base = os.getcwd()
@@ -189,7 +189,7 @@ def build(
             raise _multiple_defaults()
         server, user, _ = records[0]
         defaults_record = _merged(server, user)
-        _resolve_paths(defaults_record, rcpath)
+        resolve_paths(defaults_record, rcpath)
     if any(e.is_defaults for e in entries):
         raise _multiple_defaults()
 
@@ -214,7 +214,7 @@ def build(
         lead: ServerOptions | None = None
         for server_part, user_part, line in _account_records(entry):
             record = _merged(server_part, user_part)
-            _resolve_paths(record, rcpath)
+            resolve_paths(record, rcpath)
             _fill_unset(record, defaults_record)
             _force(record, overrides.server)
             _force(record, overrides.user)
@@ -226,8 +226,12 @@ def build(
                 built.append(lead)
             lead.users.append(user)
             if user.multidrop and "envelope" not in record:
-                warnings.append(f"warning: multidrop for {entry.name} requires envelope option!")
-                warnings.append("warning: Do not ask for support if all mail goes to postmaster!")
+                warnings.append(
+                    f"pyfetch: warning: multidrop for {entry.name} requires envelope option!"
+                )
+                warnings.append(
+                    "pyfetch: warning: Do not ask for support if all mail goes to postmaster!"
+                )
     _check(built)
     return Config(global_options, built, rcfile=rcpath, warnings=warnings)
 
@@ -252,7 +256,7 @@ def _build_globals(
     warnings: list[str],
 ) -> GlobalOptions:
     values: Options = dict(rc_globals)
-    _resolve_paths(values, rcpath)
+    resolve_paths(values, rcpath)
     values.update({k: _copy(v) for k, v in overrides.globals.items()})
     options = GlobalOptions(**values)  # type: ignore[arg-type]
     if options.logfile is not None and not os.path.exists(options.logfile):

@@ -135,7 +135,7 @@ class Config:
     globals: GlobalOptions
     servers: list[ServerOptions]
     rcfile: str | None = None  # None: no rcfile was read
-    warnings: list[str] = field(default_factory=list)  # for stderr, fetchmail's wording
+    warnings: list[str] = field(default_factory=list)  # whole stderr lines, fetchmail's wording
 
     def selected_accounts(self) -> list[tuple[ServerOptions, UserOptions]]:
         return [(s, u) for s in self.servers if s.selected for u in s.users]
