@@ -23,8 +23,9 @@ from dataclasses import dataclass, fields
 
 from fetcher.errors import ConfigError
 from fetcher.model import Config, GlobalOptions, LocalName, ServerOptions, UserOptions
+
+__all__ = ["Config", "Environment", "Overrides", "build", "resolve_paths"]
 from fetcher.rcfile.parser import (
-    KPOP_PORT,
     LIST_FIELDS,
     RELATIVE_TO_RCFILE,
     Entry,
@@ -219,13 +220,13 @@ def build(
             _force(record, overrides.server)
             _force(record, overrides.user)
             _apply_wired_defaults(record, env)
-            user = _make_user(record)
-            user.line = line
+            account = _make_user(record)
+            account.line = line
             if lead is None:
                 lead = _make_server(record, entry, selected)
                 built.append(lead)
-            lead.users.append(user)
-            if user.multidrop and "envelope" not in record:
+            lead.users.append(account)
+            if account.multidrop and "envelope" not in record:
                 warnings.append(
                     f"pyfetch: warning: multidrop for {entry.name} requires envelope option!"
                 )
@@ -278,7 +279,8 @@ def _apply_wired_defaults(record: Options, env: Environment) -> None:
     record.setdefault("remote", env.user)
     record.setdefault("esmtpname", env.user)
     if not record.get("localnames"):
-        record["localnames"] = [(env.user, None)]
+        default_name: list[LocalName] = [(env.user, None)]
+        record["localnames"] = default_name
     if not record.get("smtphunt"):
         record["smtphunt"] = ["localhost"]
     if "stripcr" not in record:
@@ -290,9 +292,6 @@ def _apply_wired_defaults(record: Options, env: Environment) -> None:
 
 def _make_user(record: Options) -> UserOptions:
     values = {k: v for k, v in record.items() if k in _USER_FIELDS and k != "line"}
-    localnames = values.get("localnames")
-    if isinstance(localnames, list):
-        values["localnames"] = [tuple(n) for n in localnames]
     return UserOptions(**values)  # type: ignore[arg-type]
 
 

@@ -85,9 +85,9 @@ def netrc_password(path: str, server: ServerOptions, user: UserOptions) -> str |
         if machine is None:
             continue
         for entry in entries:
-            if entry.machine == machine and entry.login in (None, user.remote):
-                if entry.password is not None:
-                    return entry.password
+            matches = entry.machine == machine and entry.login in (None, user.remote)
+            if matches and entry.password is not None:
+                return entry.password
     return None
 
 

@@ -24,7 +24,7 @@ rcfile in this form.
 
 from __future__ import annotations
 
-import sys
+import tomllib
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -35,11 +35,6 @@ from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.rcfile import check_permissions
 from fetcher.rcfile import load as load_rcfile
 from fetcher.rcfile.parser import Entry, Options, RcFile, UserBlock, Value
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # The kinds of value a key takes.
 _BOOL, _INT, _STR, _STRS, _INTS, _NAMES, _ENVELOPE = (

@@ -97,7 +97,9 @@ def test_line_numbers_count_newlines_inside_strings() -> None:
         (b"poll a user b pass c\\", 1, "backslash at end of file"),
     ],
 )
-def test_lexical_errors_name_the_line_where_they_start(text: bytes, line: int, message: str) -> None:
+def test_lexical_errors_name_the_line_where_they_start(
+    text: bytes, line: int, message: str
+) -> None:
     with pytest.raises(RcSyntaxError) as info:
         list(tokenize(text, "/home/bob/.fetchmailrc"))
     assert info.value.line == line

@@ -24,115 +24,217 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fetcher.errors import RcSyntaxError
 
 
-class T(enum.Enum):
-    """Token kinds; the names follow fetchmail's grammar tokens."""
+class T(enum.IntEnum):
+    """Token kinds; the names follow fetchmail's grammar tokens.
 
-    STRING = "STRING"
-    NUMBER = "NUMBER"
-    EOF = "EOF"
-    MAP = "="
-    NO = "no"
-    PROTO = "PROTO"  # protocol names; value is the canonical name
-    AUTHTYPE = "AUTHTYPE"  # authentication types; value is the canonical name
-    KPOP = "kpop"
-    SDPS = "sdps"
+    An IntEnum, not an Enum: the parser looks kinds up in sets and dicts on every token, and
+    IntEnum hashes in C.
+    """
+
+    STRING = enum.auto()
+    NUMBER = enum.auto()
+    EOF = enum.auto()
+    MAP = enum.auto()
+    NO = enum.auto()
+    PROTO = enum.auto()  # protocol names; value is the canonical name
+    AUTHTYPE = enum.auto()  # authentication types; value is the canonical name
+    KPOP = enum.auto()
+    SDPS = enum.auto()
     # every other kind is a keyword whose value is its canonical spelling
-    SET = "set"
-    LOGFILE = "logfile"
-    IDFILE = "idfile"
-    PIDFILE = "pidfile"
-    DAEMON = "daemon"
-    SYSLOG = "syslog"
-    INVISIBLE = "invisible"
-    SHOWDOTS = "showdots"
-    POSTMASTER = "postmaster"
-    BOUNCEMAIL = "bouncemail"
-    SPAMBOUNCE = "spambounce"
-    SOFTBOUNCE = "softbounce"
-    WARNINGS = "warnings"
-    TRACEPOLLS = "tracepolls"
-    DEFAULTS = "defaults"
-    POLL = "poll"
-    SKIP = "skip"
-    VIA = "via"
-    AKA = "aka"
-    LOCALDOMAINS = "localdomains"
-    PROTOCOL = "protocol"
-    SERVICE = "service"
-    PORT = "port"
-    INTERVAL = "interval"
-    AUTHENTICATE = "authenticate"
-    TIMEOUT = "timeout"
-    ENVELOPE = "envelope"
-    QVIRTUAL = "qvirtual"
-    PRINCIPAL = "principal"
-    ESMTPNAME = "esmtpname"
-    ESMTPPASSWORD = "esmtppassword"
-    BADHEADER = "bad-header"
-    ACCEPT = "accept"
-    REJECT = "reject"
-    USERNAME = "user"
-    PASSWORD = "password"
-    FOLDER = "folder"
-    SMTPHOST = "smtphost"
-    FETCHDOMAINS = "fetchdomains"
-    SMTPADDRESS = "smtpaddress"
-    SMTPNAME = "smtpname"
-    SPAMRESPONSE = "antispam"
-    MDA = "mda"
-    BSMTP = "bsmtp"
-    LMTP = "lmtp"
-    PRECONNECT = "preconnect"
-    POSTCONNECT = "postconnect"
-    INTERFACE = "interface"
-    MONITOR = "monitor"
-    PLUGIN = "plugin"
-    PLUGOUT = "plugout"
-    BATCHLIMIT = "batchlimit"
-    FETCHLIMIT = "fetchlimit"
-    FETCHSIZELIMIT = "fetchsizelimit"
-    FASTUIDL = "fastuidl"
-    EXPUNGE = "expunge"
-    PROPERTIES = "properties"
-    IS = "is"
-    HERE = "here"
-    THERE = "there"
-    TO = "to"
-    KEEP = "keep"
-    FLUSH = "flush"
-    LIMITFLUSH = "limitflush"
-    FETCHALL = "fetchall"
-    REWRITE = "rewrite"
-    FORCECR = "forcecr"
-    STRIPCR = "stripcr"
-    PASS8BITS = "pass8bits"
-    DROPSTATUS = "dropstatus"
-    DROPDELIVERED = "dropdelivered"
-    MIMEDECODE = "mimedecode"
-    IDLE = "idle"
-    DNS = "dns"
-    UIDL = "uidl"
-    SSL = "ssl"
-    SSLKEY = "sslkey"
-    SSLCERT = "sslcert"
-    SSLPROTO = "sslproto"
-    SSLCERTCK = "sslcertck"
-    SSLCERTFILE = "sslcertfile"
-    SSLCERTPATH = "sslcertpath"
-    SSLCOMMONNAME = "sslcommonname"
-    SSLFINGERPRINT = "sslfingerprint"
-    CHECKALIAS = "checkalias"
-    LIMIT = "limit"
+    SET = enum.auto()
+    LOGFILE = enum.auto()
+    IDFILE = enum.auto()
+    PIDFILE = enum.auto()
+    DAEMON = enum.auto()
+    SYSLOG = enum.auto()
+    INVISIBLE = enum.auto()
+    SHOWDOTS = enum.auto()
+    POSTMASTER = enum.auto()
+    BOUNCEMAIL = enum.auto()
+    SPAMBOUNCE = enum.auto()
+    SOFTBOUNCE = enum.auto()
+    WARNINGS = enum.auto()
+    TRACEPOLLS = enum.auto()
+    DEFAULTS = enum.auto()
+    POLL = enum.auto()
+    SKIP = enum.auto()
+    VIA = enum.auto()
+    AKA = enum.auto()
+    LOCALDOMAINS = enum.auto()
+    PROTOCOL = enum.auto()
+    SERVICE = enum.auto()
+    PORT = enum.auto()
+    INTERVAL = enum.auto()
+    AUTHENTICATE = enum.auto()
+    TIMEOUT = enum.auto()
+    ENVELOPE = enum.auto()
+    QVIRTUAL = enum.auto()
+    PRINCIPAL = enum.auto()
+    ESMTPNAME = enum.auto()
+    ESMTPPASSWORD = enum.auto()
+    BADHEADER = enum.auto()
+    ACCEPT = enum.auto()
+    REJECT = enum.auto()
+    USERNAME = enum.auto()
+    PASSWORD = enum.auto()
+    FOLDER = enum.auto()
+    SMTPHOST = enum.auto()
+    FETCHDOMAINS = enum.auto()
+    SMTPADDRESS = enum.auto()
+    SMTPNAME = enum.auto()
+    SPAMRESPONSE = enum.auto()
+    MDA = enum.auto()
+    BSMTP = enum.auto()
+    LMTP = enum.auto()
+    PRECONNECT = enum.auto()
+    POSTCONNECT = enum.auto()
+    INTERFACE = enum.auto()
+    MONITOR = enum.auto()
+    PLUGIN = enum.auto()
+    PLUGOUT = enum.auto()
+    BATCHLIMIT = enum.auto()
+    FETCHLIMIT = enum.auto()
+    FETCHSIZELIMIT = enum.auto()
+    FASTUIDL = enum.auto()
+    EXPUNGE = enum.auto()
+    PROPERTIES = enum.auto()
+    IS = enum.auto()
+    HERE = enum.auto()
+    THERE = enum.auto()
+    TO = enum.auto()
+    KEEP = enum.auto()
+    FLUSH = enum.auto()
+    LIMITFLUSH = enum.auto()
+    FETCHALL = enum.auto()
+    REWRITE = enum.auto()
+    FORCECR = enum.auto()
+    STRIPCR = enum.auto()
+    PASS8BITS = enum.auto()
+    DROPSTATUS = enum.auto()
+    DROPDELIVERED = enum.auto()
+    MIMEDECODE = enum.auto()
+    IDLE = enum.auto()
+    DNS = enum.auto()
+    UIDL = enum.auto()
+    SSL = enum.auto()
+    SSLKEY = enum.auto()
+    SSLCERT = enum.auto()
+    SSLPROTO = enum.auto()
+    SSLCERTCK = enum.auto()
+    SSLCERTFILE = enum.auto()
+    SSLCERTPATH = enum.auto()
+    SSLCOMMONNAME = enum.auto()
+    SSLFINGERPRINT = enum.auto()
+    CHECKALIAS = enum.auto()
+    LIMIT = enum.auto()
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+# The canonical spelling of each keyword kind, as `--configdump` and messages use it.
+KEYWORD_NAMES: dict[T, str] = {
+    T.STRING: "STRING",
+    T.NUMBER: "NUMBER",
+    T.EOF: "EOF",
+    T.MAP: "=",
+    T.NO: "no",
+    T.PROTO: "PROTO",
+    T.AUTHTYPE: "AUTHTYPE",
+    T.KPOP: "kpop",
+    T.SDPS: "sdps",
+    T.SET: "set",
+    T.LOGFILE: "logfile",
+    T.IDFILE: "idfile",
+    T.PIDFILE: "pidfile",
+    T.DAEMON: "daemon",
+    T.SYSLOG: "syslog",
+    T.INVISIBLE: "invisible",
+    T.SHOWDOTS: "showdots",
+    T.POSTMASTER: "postmaster",
+    T.BOUNCEMAIL: "bouncemail",
+    T.SPAMBOUNCE: "spambounce",
+    T.SOFTBOUNCE: "softbounce",
+    T.WARNINGS: "warnings",
+    T.TRACEPOLLS: "tracepolls",
+    T.DEFAULTS: "defaults",
+    T.POLL: "poll",
+    T.SKIP: "skip",
+    T.VIA: "via",
+    T.AKA: "aka",
+    T.LOCALDOMAINS: "localdomains",
+    T.PROTOCOL: "protocol",
+    T.SERVICE: "service",
+    T.PORT: "port",
+    T.INTERVAL: "interval",
+    T.AUTHENTICATE: "authenticate",
+    T.TIMEOUT: "timeout",
+    T.ENVELOPE: "envelope",
+    T.QVIRTUAL: "qvirtual",
+    T.PRINCIPAL: "principal",
+    T.ESMTPNAME: "esmtpname",
+    T.ESMTPPASSWORD: "esmtppassword",
+    T.BADHEADER: "bad-header",
+    T.ACCEPT: "accept",
+    T.REJECT: "reject",
+    T.USERNAME: "user",
+    T.PASSWORD: "password",
+    T.FOLDER: "folder",
+    T.SMTPHOST: "smtphost",
+    T.FETCHDOMAINS: "fetchdomains",
+    T.SMTPADDRESS: "smtpaddress",
+    T.SMTPNAME: "smtpname",
+    T.SPAMRESPONSE: "antispam",
+    T.MDA: "mda",
+    T.BSMTP: "bsmtp",
+    T.LMTP: "lmtp",
+    T.PRECONNECT: "preconnect",
+    T.POSTCONNECT: "postconnect",
+    T.INTERFACE: "interface",
+    T.MONITOR: "monitor",
+    T.PLUGIN: "plugin",
+    T.PLUGOUT: "plugout",
+    T.BATCHLIMIT: "batchlimit",
+    T.FETCHLIMIT: "fetchlimit",
+    T.FETCHSIZELIMIT: "fetchsizelimit",
+    T.FASTUIDL: "fastuidl",
+    T.EXPUNGE: "expunge",
+    T.PROPERTIES: "properties",
+    T.IS: "is",
+    T.HERE: "here",
+    T.THERE: "there",
+    T.TO: "to",
+    T.KEEP: "keep",
+    T.FLUSH: "flush",
+    T.LIMITFLUSH: "limitflush",
+    T.FETCHALL: "fetchall",
+    T.REWRITE: "rewrite",
+    T.FORCECR: "forcecr",
+    T.STRIPCR: "stripcr",
+    T.PASS8BITS: "pass8bits",
+    T.DROPSTATUS: "dropstatus",
+    T.DROPDELIVERED: "dropdelivered",
+    T.MIMEDECODE: "mimedecode",
+    T.IDLE: "idle",
+    T.DNS: "dns",
+    T.UIDL: "uidl",
+    T.SSL: "ssl",
+    T.SSLKEY: "sslkey",
+    T.SSLCERT: "sslcert",
+    T.SSLPROTO: "sslproto",
+    T.SSLCERTCK: "sslcertck",
+    T.SSLCERTFILE: "sslcertfile",
+    T.SSLCERTPATH: "sslcertpath",
+    T.SSLCOMMONNAME: "sslcommonname",
+    T.SSLFINGERPRINT: "sslfingerprint",
+    T.CHECKALIAS: "checkalias",
+    T.LIMIT: "limit",
+}
+
+
+class Token(NamedTuple):
     kind: T
     value: str | int | None  # decoded string, number, or canonical keyword/protocol/auth name
     text: str  # the source text as fetchmail's errors show it (`yytext`)
@@ -145,35 +247,39 @@ class _State(enum.Enum):
     AUTH = 2  # `password` is an authentication type
 
 
-# Keyword rules in fetchmail's order. Each is (pattern, kind, value, new state); a pattern is
-# matched against a whole word here (see `_classify_word`): a rule that matches only a prefix
-# of a word always loses to the generic string rule, which matches the whole word.
-_KEEP = None  # "leave the state alone"
-_AUTH_TYPES: list[tuple[str, str]] = [
-    (r"any", "any"),
-    (r"gssapi", "gssapi"),
-    (r"kerberos(_v)?4", "kerberos_v4"),
-    (r"kerberos(_v)?5", "kerberos_v5"),
-    (r"kerberos", "kerberos_v4"),
-    (r"ssh", "ssh"),
-    (r"external", "external"),
-    (r"otp|opie", "otp"),
-    (r"cram(-md5)?", "cram-md5"),
-    (r"msn", "msn"),
-    (r"ntlm", "ntlm"),
-]
-_PROTOCOLS: list[tuple[str, T, str]] = [
-    ("auto", T.PROTO, "auto"),
-    ("pop2", T.PROTO, "POP2"),
-    ("sdps", T.SDPS, "SDPS"),
-    ("pop3", T.PROTO, "POP3"),
-    ("imap", T.PROTO, "IMAP"),
-    ("apop", T.PROTO, "APOP"),
-    ("rpop", T.PROTO, "RPOP"),
-    ("etrn", T.PROTO, "ETRN"),
-    ("odmr", T.PROTO, "ODMR"),
-    ("kpop", T.KPOP, "KPOP"),
-]
+# The keywords, as whole words. A keyword rule that matches only a prefix of a word always loses
+# to the generic string rule, which matches the whole word, so a dictionary lookup of the whole
+# word is exactly flex's longest-match choice. Value: (kind, canonical value, new state or None).
+_Rule = tuple["T", str, "_State | None", str]  # kind, value, new state, source text
+_AUTH_TYPES = {
+    "any": "any",
+    "gssapi": "gssapi",
+    "kerberos4": "kerberos_v4",
+    "kerberos_v4": "kerberos_v4",
+    "kerberos5": "kerberos_v5",
+    "kerberos_v5": "kerberos_v5",
+    "kerberos": "kerberos_v4",
+    "ssh": "ssh",
+    "external": "external",
+    "otp": "otp",
+    "opie": "otp",
+    "cram": "cram-md5",
+    "cram-md5": "cram-md5",
+    "msn": "msn",
+    "ntlm": "ntlm",
+}
+_PROTOCOLS: dict[str, tuple[T, str]] = {
+    "auto": (T.PROTO, "auto"),
+    "pop2": (T.PROTO, "POP2"),
+    "sdps": (T.SDPS, "SDPS"),
+    "pop3": (T.PROTO, "POP3"),
+    "imap": (T.PROTO, "IMAP"),
+    "apop": (T.PROTO, "APOP"),
+    "rpop": (T.PROTO, "RPOP"),
+    "etrn": (T.PROTO, "ETRN"),
+    "odmr": (T.PROTO, "ODMR"),
+    "kpop": (T.KPOP, "KPOP"),
+}
 _SIMPLE: dict[str, T] = {
     "set": T.SET,
     "logfile": T.LOGFILE,
@@ -274,21 +380,51 @@ _TO_NAME: dict[str, T] = {
     "is": T.IS,
     "to": T.TO,
 }
-_PASSWORD_WORDS = ("pass", "password")
 _AUTH_WORDS = ("auth", "authenticate", "preauth", "preauthenticate")
 # The fused negations fetchmail knows; `nosoftbounce` is not one of them.
-_FUSED_NO = re.compile(
-    rb"no(?:bouncemail|uidl|checkalias|dns|envelope|keep|flush|limitflush|fetchall|rewrite"
-    rb"|forcecr|stripcr|pass8(?:bits)?|dropstatus|dropdelivered|mimedec(?:ode)?|spambounce"
-    rb"|idle)"
+_FUSED_NO = frozenset(
+    f"no{word}".encode()
+    for word in [
+        "bouncemail", "uidl", "checkalias", "dns", "envelope", "keep", "flush", "limitflush",
+        "fetchall", "rewrite", "forcecr", "stripcr", "pass8", "pass8bits", "dropstatus",
+        "dropdelivered", "mimedec", "mimedecode", "spambounce", "idle",
+    ]
 )
-_NOISE = frozenset({"with", "and", "has", "wants", "options"})
-_AUTH_RES = [(re.compile(p), v) for p, v in _AUTH_TYPES]
+_NOISE = frozenset(w.encode() for w in ("with", "and", "has", "wants", "options"))
 
-# A word as flex's generic string rule sees it: anything up to white space or `=;:,`.
-_WORD = re.compile(rb"[^=;:, \t\r\n]+")
-_BLANKS = re.compile(rb"[ \t\r]+")
-_NUMBER = re.compile(rb"-?[0-9]+")
+
+def _build_rules() -> tuple[dict[bytes, _Rule], dict[bytes, _Rule]]:
+    """Word -> rule, for the INITIAL and the AUTH states (NAME state has no keywords)."""
+    rules: dict[bytes, tuple[T, str, _State | None]] = {}
+    for word, kind in _SIMPLE.items():
+        rules[word.encode()] = (kind, KEYWORD_NAMES[kind], None)
+    for word, kind in _TO_NAME.items():
+        rules[word.encode()] = (kind, KEYWORD_NAMES[kind], _State.NAME)
+    for word in _AUTH_WORDS:
+        rules[word.encode()] = (T.AUTHENTICATE, "authenticate", _State.AUTH)
+    for word, auth in _AUTH_TYPES.items():
+        rules[word.encode()] = (T.AUTHTYPE, auth, _State.INITIAL)
+    for word, (kind, canon) in _PROTOCOLS.items():  # all-lower or all-upper only
+        rules[word.encode()] = rules[word.upper().encode()] = (kind, canon, None)
+    auth_rules = dict(rules)
+    # `pass`/`password` start a password, except right after `auth`, where `password` is
+    # an authentication type and `pass` is just a word.
+    for password_word in (b"pass", b"password"):
+        rules[password_word] = (T.PASSWORD, "password", _State.NAME)
+        auth_rules.pop(password_word, None)
+    auth_rules[b"password"] = (T.AUTHTYPE, "password", _State.INITIAL)
+    return _with_text(rules), _with_text(auth_rules)
+
+
+def _with_text(rules: dict[bytes, tuple[T, str, _State | None]]) -> dict[bytes, _Rule]:
+    return {word: (*rule, word.decode()) for word, rule in rules.items()}
+
+
+_RULES, _AUTH_RULES = _build_rules()
+
+# One step of the scanner: blanks, a newline, punctuation, `=`, or a word as flex's generic
+# string rule sees it (anything up to white space or `=;:,`).
+_STEP = re.compile(rb"[ \t\r]*(?:(\n)|([;:,])|(=)|([^=;:, \t\r\n]+)|$)")
 
 
 def _c_int(text: bytes) -> int:
@@ -365,117 +501,88 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _classify_word(word: str, state: _State) -> tuple[T, str | int | None, _State | None] | None:
-    """The keyword, protocol, auth type or number that the whole `word` is, if any.
-
-    Returns (kind, value, new state or None to keep it); None means the generic string rule.
-    """
-    kind = _SIMPLE.get(word)
-    if kind is not None:
-        return kind, kind.value, None
-    kind = _TO_NAME.get(word)
-    if kind is not None:
-        return kind, kind.value, _State.NAME
-    if word in _AUTH_WORDS:
-        return T.AUTHENTICATE, "authenticate", _State.AUTH
-    for rx, auth in _AUTH_RES:
-        if rx.fullmatch(word):
-            return T.AUTHTYPE, auth, _State.INITIAL
-    if word == "password" and state is _State.AUTH:
-        return T.AUTHTYPE, "password", _State.INITIAL
-    if word in _PASSWORD_WORDS and state is not _State.AUTH:
-        return T.PASSWORD, "password", _State.NAME
-    for name, pkind, canon in _PROTOCOLS:
-        if word == name or word == name.upper():
-            return pkind, canon, None
-    return None
-
-
-def tokenize(data: bytes, path: str) -> Iterator[Token]:
-    """Yield the tokens of an rcfile; the last one is EOF. Raises RcSyntaxError."""
+def tokenize(data: bytes, path: str) -> list[Token]:
+    """The tokens of an rcfile; the last one is EOF. Raises RcSyntaxError."""
+    tokens: list[Token] = []
+    emit = tokens.append
+    # tuple.__new__ directly: NamedTuple's own constructor adds a Python-level call per token
+    new = tuple.__new__
     state = _State.INITIAL
     line = 1
     pos, n = 0, len(data)
+    step = _STEP.match
     while pos < n:
-        ch = data[pos]
-        if ch in b" \t\r":
-            m = _BLANKS.match(data, pos)
-            assert m is not None
+        m = step(data, pos)
+        assert m is not None  # the alternatives cover every byte, and the end
+        group = m.lastindex
+        if group == 4:  # a word: the common case first
+            pos = m.start(4)
+        elif group == 1:  # newline
+            line += 1
             pos = m.end()
             continue
-        if ch == 0x0A:
-            line += 1
-            pos += 1
+        elif group == 2:  # punctuation is noise
+            pos = m.end()
             continue
-        if ch in b";:,":  # punctuation is noise
-            pos += 1
-            continue
-        if ch == 0x3D:  # "="
-            yield Token(T.MAP, "=", "=", line)
+        elif group == 3:  # "="
+            emit(new(Token, (T.MAP, "=", "=", line)))
             state = _State.NAME
-            pos += 1
+            pos = m.end()
             continue
+        else:  # trailing blanks
+            break
 
-        word_m = _WORD.match(data, pos)
-        assert word_m is not None  # every other byte starts a word
-        word_end = word_m.end()
-
+        word_end = m.end()
+        raw_word = m.group(4)
+        ch = raw_word[0]
         if ch == 0x23:  # "#": a comment, when a newline ends it
             eol = data.find(b"\n", pos)
             if eol >= 0:
                 pos = eol  # the newline itself is counted above
                 continue
-        if ch == 0x5C and pos + 1 < n and data[pos + 1] == 0x0A:  # backslash-newline
-            line += 1
+        elif ch == 0x5C and word_end == pos + 1 and data[word_end : word_end + 1] == b"\n":
+            line += 1  # backslash-newline between tokens
             pos += 2
             continue
-
-        if ch in b"\"'":
-            close = data.find(bytes([ch]), pos + 1)
+        elif ch in b"\"'":
+            close = data.find(raw_word[:1], pos + 1)
             if close < 0:
-                raise RcSyntaxError(path, line, "unterminated quoted string", _decode(data[pos:word_end]))
-            quoted_end = close + 1
+                raise RcSyntaxError(path, line, "unterminated quoted string", _decode(raw_word))
             # a quoted string loses only to a longer unquoted word such as `"a"b`
-            if quoted_end >= word_end:
+            if close + 1 >= word_end:
                 raw = data[pos + 1 : close]
-                value = _decode(unescape(raw))
-                yield Token(T.STRING, value, _decode(data[pos:quoted_end]), line)
+                text = _decode(data[pos : close + 1])
+                emit(new(Token, (T.STRING, _decode(unescape(raw)), text, line)))
                 line += raw.count(b"\n")
                 state = _State.INITIAL
-                pos = quoted_end
+                pos = close + 1
                 continue
 
-        raw_word = data[pos:word_end]
-        text = _decode(raw_word)
-        if word_end == n and _ends_in_lone_backslash(raw_word):
-            raise RcSyntaxError(path, line, "backslash at end of file", text)
-
+        pos = word_end
+        if word_end == n and raw_word[-1] == 0x5C and _ends_in_lone_backslash(raw_word):
+            raise RcSyntaxError(path, line, "backslash at end of file", _decode(raw_word))
         if state is _State.NAME:
-            yield Token(T.STRING, _decode(unescape(raw_word)), text, line)
+            emit(new(Token, (T.STRING, _decode(unescape(raw_word)), _decode(raw_word), line)))
             state = _State.INITIAL
-            pos = word_end
             continue
-
-        fused = _FUSED_NO.fullmatch(raw_word)
-        if fused is not None:  # fetchmail's yyless(2): return `no`, then rescan the rest
-            yield Token(T.NO, "no", "no", line)
-            pos += 2
+        if raw_word in _FUSED_NO:  # fetchmail's yyless(2): return `no`, then rescan the rest
+            emit(new(Token, (T.NO, "no", "no", line)))
+            pos = word_end - len(raw_word) + 2
             continue
-        if text in _NOISE:
-            pos = word_end
+        if raw_word in _NOISE:
             continue
-        classified = _classify_word(text, state)
-        if classified is not None:
-            kind, value, new_state = classified
-            yield Token(kind, value, text, line)
+        rule = (_AUTH_RULES if state is _State.AUTH else _RULES).get(raw_word)
+        if rule is not None:
+            kind, value, new_state, text = rule
+            emit(new(Token, (kind, value, text, line)))
             if new_state is not None:
                 state = new_state
-            pos = word_end
             continue
-        if _NUMBER.fullmatch(raw_word):
-            yield Token(T.NUMBER, _c_int(raw_word), text, line)
-            pos = word_end
+        text = _decode(raw_word)
+        body = raw_word[1:] if raw_word[0] == 0x2D else raw_word  # "-"
+        if body.isdigit():
+            emit(new(Token, (T.NUMBER, _c_int(raw_word), text, line)))
             continue
-        yield Token(T.STRING, _decode(unescape(raw_word)), text, line)
-        pos = word_end
-    yield Token(T.EOF, None, "end of input", line)
+        emit(new(Token, (T.STRING, _decode(unescape(raw_word)), text, line)))
+    emit(new(Token, (T.EOF, None, "end of input", line)))
+    return tokens
