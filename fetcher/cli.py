@@ -34,7 +34,15 @@ def _load_config(cmd: CommandLine, env: Environment) -> Config:
     else:
         tree = rcfile.load(path, secure=secure)
     overrides = Overrides(cmd.global_overrides, cmd.server_overrides, cmd.user_overrides)
-    return build(tree, env, overrides, servers=cmd.servers, check_only=cmd.check)
+    return build(
+        tree,
+        env,
+        overrides,
+        servers=cmd.servers,
+        check_only=cmd.check,
+        nodetach=cmd.nodetach,
+        dumping=cmd.configdump,
+    )
 
 
 def run(cmd: CommandLine) -> ExitCode:

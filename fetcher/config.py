@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
@@ -26,6 +27,7 @@ from fetcher.model import Config, GlobalOptions, LocalName, ServerOptions, UserO
 
 __all__ = ["Config", "Environment", "Overrides", "build", "resolve_paths"]
 from fetcher.rcfile.parser import (
+    KPOP_SERVICE,
     LIST_FIELDS,
     RELATIVE_TO_RCFILE,
     Entry,
@@ -36,7 +38,13 @@ from fetcher.rcfile.parser import (
 )
 
 ZERO_IS_UNSET = frozenset({"timeout", "interval", "envskip"})
-_SERVER_FIELDS = frozenset(f.name for f in fields(ServerOptions)) | {"kpop"}
+# `defaults` passes on every field but `aka` (fetchmail's optmerge() leaves the alias list out).
+NOT_INHERITED = frozenset({"aka"})
+# Authentication that uses no password; fetchmail then puts the login name in the password
+# field so that nothing ever prompts for one (and --configdump shows it there).
+PASSWORDLESS_AUTH = frozenset({"ssh", "external", "gssapi", "kerberos_v4", "kerberos_v5", "otp"})
+DEFAULT_TIMEOUT = 300
+_SERVER_FIELDS = frozenset(f.name for f in fields(ServerOptions))
 _USER_FIELDS = frozenset(f.name for f in fields(UserOptions))
 
 
@@ -136,7 +144,7 @@ def _is_set(options: Mapping[str, object], key: str) -> bool:
 def _fill_unset(target: Options, source: Mapping[str, object]) -> None:
     """fetchmail's optmerge(force=FALSE): take from `source` what `target` leaves unset."""
     for key, value in source.items():
-        if not _is_set(target, key) and _is_set(source, key):
+        if key not in NOT_INHERITED and not _is_set(target, key) and _is_set(source, key):
             target[key] = _copy(value)
 
 
@@ -163,11 +171,7 @@ def _account_records(entry: Entry) -> list[tuple[Options, Options, int]]:
 
 
 def _merged(server: Options, user: Options) -> Options:
-    merged: Options = {**server, **user}
-    if merged.pop("kpop", False) and merged.get("auth", "any") in ("any", "password"):
-        # `proto kpop` means Kerberos unless another strong method was named (6.4 with KRB5)
-        merged["auth"] = "kerberos_v5"
-    return merged
+    return {**server, **user}
 
 
 def build(
@@ -176,6 +180,8 @@ def build(
     overrides: Overrides | None = None,
     servers: Iterable[str] = (),
     check_only: bool = False,
+    nodetach: bool = False,
+    dumping: bool = False,
 ) -> Config:
     """Apply defaults, the `defaults` entry and the command line; select the entries to poll."""
     overrides = overrides or Overrides.none()
@@ -185,13 +191,15 @@ def build(
     defaults_record: Options = {}
     if entries and entries[0].is_defaults:
         head = entries.pop(0)
-        records = _account_records(head)
-        if len(records) > 1:
-            raise _multiple_defaults()
-        server, user, _ = records[0]
+        server, user, _ = _account_records(head)[0]
         defaults_record = _merged(server, user)
         resolve_paths(defaults_record, rcpath)
-    if any(e.is_defaults for e in entries):
+        if len(head.users) > 1:  # fetchmail keeps the other accounts as an entry of their own
+            rest = Entry(head.name, head.line, head.skip, dict(head.server), head.users[1:])
+            entries.insert(0, rest)
+    # Like fetchmail, a second `defaults` right after the first is an ordinary entry (named
+    # "defaults"); anywhere else it is an error.
+    if any(e.is_defaults for e in entries[1:]):
         raise _multiple_defaults()
 
     named = list(servers)
@@ -204,7 +212,7 @@ def build(
 
     warnings: list[str] = []
     global_options = _build_globals(
-        rc.globals if rc else {}, overrides, env, rcpath, check_only, warnings
+        rc.globals if rc else {}, overrides, env, rcpath, check_only, nodetach, warnings
     )
 
     built: list[ServerOptions] = []
@@ -233,7 +241,7 @@ def build(
                 warnings.append(
                     "pyfetch: warning: Do not ask for support if all mail goes to postmaster!"
                 )
-    _check(built)
+    _check(built, dumping, warnings)
     return Config(global_options, built, rcfile=rcpath, warnings=warnings)
 
 
@@ -254,6 +262,7 @@ def _build_globals(
     env: Environment,
     rcpath: str | None,
     check_only: bool,
+    nodetach: bool,
     warnings: list[str],
 ) -> GlobalOptions:
     values: Options = dict(rc_globals)
@@ -264,6 +273,12 @@ def _build_globals(
         # fetchmail appends to an existing logfile only, so that a typo cannot create files
         warnings.append(f'Logfile "{options.logfile}" does not exist, ignoring logfile option.')
         options.logfile = None
+    if options.logfile is not None and nodetach:
+        warnings.append("The nodetach option is in effect, ignoring logfile option.")
+        options.logfile = None
+    if options.logfile is not None:
+        options.syslog = False  # a logfile replaces syslog
+    options.poll_interval = max(options.poll_interval, 0)
     if options.idfile is None:
         options.idfile = env.default_idfile
     if options.pidfile is None:
@@ -288,6 +303,17 @@ def _apply_wired_defaults(record: Options, env: Environment) -> None:
     for key in ZERO_IS_UNSET:
         if not _is_set(record, key):
             record.pop(key, None)
+    if record.get("password") is None and (
+        record.get("auth") in PASSWORDLESS_AUTH or record.get("protocol") == "ETRN"
+    ):
+        record["password"] = record["remote"]
+    if record.get("protocol") in ("ETRN", "ODMR") and not record.get("fetchdomains"):
+        record["fetchdomains"] = [local_hostname()]
+    for key, value in record.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            # fetchmail treats a negative number as none at all; `timeout -1` is its
+            # "use the default" marker
+            record[key] = DEFAULT_TIMEOUT if (key, value) == ("timeout", -1) else 0
 
 
 def _make_user(record: Options) -> UserOptions:
@@ -309,33 +335,71 @@ def _make_server(record: Options, entry: Entry, selected: bool) -> ServerOptions
     return server
 
 
-def _check(servers: list[ServerOptions]) -> None:
+_TLS_PORTS = {"POP3": {995: "pop3s"}, "IMAP": {993: "imaps"}}
+
+
+def local_hostname() -> str:
+    """This machine's name as fetchmail's host_fqdn() finds it: canonical name, else short."""
+    name = socket.gethostname()
+    try:
+        info = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
+    except OSError:
+        return name
+    return info[0][3] or name if info else name
+
+
+def _check(servers: list[ServerOptions], dumping: bool, warnings: list[str]) -> None:
     """The checks fetchmail makes after merging, which end the run with exit 5."""
+    idle = False
+    mailboxes = 0
     for server in servers:
-        if server.service is not None and _port_of(server.service) < 0:
+        port = _port_of(server.service) if server.service is not None else None
+        if port is not None and not 0 < port <= 65535:
             raise ConfigError(
                 f"{server.pollname} configuration invalid, specify positive port number for "
                 "service or port"
             )
+        if server.protocol == "RPOP" and port is not None and port >= 1024:
+            raise ConfigError(
+                f"{server.pollname} configuration invalid, RPOP requires a privileged port"
+            )
+        considered = dumping or server.selected
+        if considered and server.auth == "kerberos_v4":
+            # fetchmail 6.4 is built without Kerberos IV and refuses the file for it
+            raise ConfigError("KERBEROS v4 support is configured, but not compiled in.")
+        for user in server.users:
+            if port in _TLS_PORTS.get(server.protocol, {}) and not user.ssl:
+                service = _TLS_PORTS[server.protocol][port]
+                warnings.append(
+                    f"pyfetch: WARNING: {server.pollname} configuration invalid, you normally "
+                    f"need --ssl for port {port}/service {service}."
+                )
+            if considered:
+                idle = idle or user.idle
+                mailboxes += max(1, len(user.mailboxes))
         for user in server.users:
             if user.lmtp:
                 for host in user.smtphunt:
                     if host.startswith("/"):
                         continue
-                    _, slash, port = host.rpartition("/")
-                    if not slash or port in ("smtp", "25") or _port_of(port) == 25:
+                    _, slash, listener_port = host.rpartition("/")
+                    default_port = listener_port in ("smtp", "25") or _port_of(listener_port) == 25
+                    if not slash or default_port:
                         raise ConfigError(
                             f"{server.pollname} configuration invalid, LMTP can't use default "
                             "SMTP port"
                         )
+    if idle and mailboxes > 1:
+        # one IDLE connection watches one folder of one account: fetchmail refuses more
+        raise ConfigError("Error: idle mode does not work for multiple folders or accounts!")
 
 
 def _port_of(service: str) -> int:
     """The port a service name or number stands for; -1 if it names none."""
     if service.lstrip("-").isdigit():
         return int(service)
-    import socket
-
+    if service == KPOP_SERVICE:  # fetchmail knows it even where /etc/services does not
+        return 1109
     try:
         return socket.getservbyname(service, "tcp")
     except OSError:

@@ -29,6 +29,8 @@ def _server(server: ServerOptions) -> dict[str, Any]:
         elif name == "esmtppassword":
             if server.esmtppassword is not None:  # fetchmail shows it only when set
                 out[name] = server.esmtppassword
+        elif name == "auth" and server.auth == "external":
+            pass  # fetchmail's dump has no entry for `auth external`
         else:
             out[name] = _plain(getattr(server, name))
     return out

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TextIO
 
 from fetcher.errors import ConfigError
 from fetcher.exitcodes import ExitCode
+from fetcher.interface import interface_problem
 
 PROG = "pyfetch"
 
@@ -36,9 +36,10 @@ DUMP_FORMATS = ("json", "toml")
 
 # fetchmail exits 0 after printing the usage when getopt itself complains (unknown option,
 # missing argument, ambiguous abbreviation), because it treats every getopt error like `-?`.
-# Only errors in option *values* exit 5. Kept as one constant in case pyfetch ever wants the
-# saner 5 here.
-GETOPT_ERROR_EXIT = ExitCode.SUCCESS
+# That lets a typo in a cron line pass as success, so pyfetch exits 5 ("syntax error in the
+# arguments", as the man page defines it) and prints the usage on stderr; `-?` given as well
+# still means help: usage on stdout, exit 0.
+GETOPT_ERROR_EXIT = ExitCode.SYNTAX
 
 _INT_MIN = -(2**31)
 _INT_MAX = 2**31 - 1
@@ -477,25 +478,11 @@ def _prependdir(path: str, directory: str) -> str:
     return f"{directory}/{path}"
 
 
-def _inet_aton(text: str) -> bool:
-    try:
-        socket.inet_aton(text)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def _check_interface(spec: str) -> None:
-    # interface_parse(): "IFACE/ADDR[/MASK]", checked with inet_aton (so "1.2.3" and
-    # "0x7f.1" pass). fetchmail exits 5 right away, without the usage.
-    _iface, slash, rest = spec.partition("/")
-    if not slash:
-        raise _Fatal(f"{PROG}: missing IP interface address")
-    address, slash, mask = rest.partition("/")
-    if not _inet_aton(address):
-        raise _Fatal(f"{PROG}: invalid IP interface address")
-    if slash and not _inet_aton(mask):
-        raise _Fatal(f"{PROG}: invalid IP interface mask")
+    # fetchmail exits 5 right away, without the usage
+    problem = interface_problem(spec)
+    if problem is not None:
+        raise _Fatal(f"{PROG}: {problem}")
 
 
 # -p values are compared case-insensitively (strcasecmp). Values are configdump's spellings.
@@ -836,13 +823,19 @@ def parse_args(
     parser.finish()
     result = parser.result
     message = "; ".join(line.removeprefix(f"{PROG}: ") for line in parser.diagnostics)
-    if parser.getopt_failed or (result.help and bad_value):
-        # -? and getopt errors print the usage on stdout and exit 0, even with a bad value
-        # or too many destinations on the line as well.
+    if result.help and (parser.getopt_failed or bad_value):
+        # -? wins: the usage on stdout and exit 0, even with errors on the line as well
         raise UsageError(
             message or "bad command line",
             diagnostics=parser.diagnostics,
             usage_stream="stdout",
+            exit_code=ExitCode.SUCCESS,
+        )
+    if parser.getopt_failed:
+        raise UsageError(
+            message or "bad command line",
+            diagnostics=parser.diagnostics,
+            usage_stream="stderr",
             exit_code=GETOPT_ERROR_EXIT,
         )
     if result.help:

@@ -316,12 +316,13 @@ def test_overrides_are_fresh_per_call() -> None:
 
 # --------------------------------------------------------------------------- errors
 
-HELP_USAGE = ("stdout", ExitCode.SUCCESS)
+HELP_USAGE = ("stderr", ExitCode.SYNTAX)  # fetchmail: stdout and exit 0, see GETOPT_ERROR_EXIT
+HELP_REQUESTED = ("stdout", ExitCode.SUCCESS)  # -? on the line wins over any error
 BAD_VALUE = ("stderr", ExitCode.SYNTAX)
 FATAL = (None, ExitCode.SYNTAX)
 
 ERROR_CASES: list[tuple[list[str], list[str], tuple[str | None, ExitCode]]] = [
-    # getopt's complaints: usage on stdout, exit 0, exactly like fetchmail
+    # getopt's complaints: fetchmail's messages, but exit 5 with the usage on stderr
     (["--bouncemail"], ["pyfetch: unrecognized option '--bouncemail'"], HELP_USAGE),
     (["--bogus=1"], ["pyfetch: unrecognized option '--bogus=1'"], HELP_USAGE),
     (["--ide"], ["pyfetch: unrecognized option '--ide'"], HELP_USAGE),
@@ -359,7 +360,7 @@ ERROR_CASES: list[tuple[list[str], list[str], tuple[str | None, ExitCode]]] = [
     (["-X", "--auth", "bogus"], ["pyfetch: invalid option -- 'X'",
                                  "Invalid authentication `bogus' specified."], HELP_USAGE),
     (["-S", "a", "-S", "b", "-X"], ["pyfetch: invalid option -- 'X'"], HELP_USAGE),
-    (["-?", "-l", "abc"], ["String 'abc' is not a valid number string."], HELP_USAGE),
+    (["-?", "-l", "abc"], ["String 'abc' is not a valid number string."], HELP_REQUESTED),
     # bad values: usage on stderr, exit 5; parsing stops at the first one
     (["-l", "abc"], ["String 'abc' is not a valid number string."], BAD_VALUE),
     (["-l", "abc", "-X"], ["String 'abc' is not a valid number string."], BAD_VALUE),
@@ -427,9 +428,9 @@ def test_emit_reproduces_fetchmail_output() -> None:
     assert err.getvalue() == "String 'abc' is not a valid number string.\n" + HELP_TEXT
 
     out, err = io.StringIO(), io.StringIO()
-    assert failure("--bogus").emit(out, err) == 0
-    assert out.getvalue() == HELP_TEXT
-    assert err.getvalue() == "pyfetch: unrecognized option '--bogus'\n"
+    assert failure("--bogus").emit(out, err) == 5
+    assert out.getvalue() == ""
+    assert err.getvalue() == "pyfetch: unrecognized option '--bogus'\n" + HELP_TEXT
 
     out, err = io.StringIO(), io.StringIO()
     assert failure("-I", "eth0").emit(out, err) == 5

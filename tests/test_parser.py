@@ -51,7 +51,11 @@ def test_user_clauses(text: str, expected: dict[str, object]) -> None:
     [
         ("poll h via 10.0.0.1 port 1110", {"via": "10.0.0.1", "service": "1110"}),
         ("poll h service pop3s", {"service": "pop3s"}),
-        ("poll h proto kpop", {"protocol": "POP3", "service": "1109", "kpop": True}),
+        ("poll h proto kpop", {"protocol": "POP3", "service": "kpop"}),
+        ("poll h auth password proto kpop", {"auth": "kerberos_v5", "protocol": "POP3",
+                                             "service": "kpop"}),
+        ("poll h proto kpop auth password", {"auth": "password", "protocol": "POP3",
+                                             "service": "kpop"}),
         ("poll h proto sdps", {"protocol": "POP3", "sdps": True}),
         ("poll h envelope 2 X-Envelope-To", {"envelope": "X-Envelope-To", "envskip": 2}),
         ("poll h no envelope", {"envelope": None, "envskip": 0}),

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fetcher.errors import RcSyntaxError
+from fetcher.interface import interface_problem
 from fetcher.rcfile.lexer import T, Token, tokenize
 
 # What a field of the tree can hold. Local names are (name, mapped-to or None) pairs.
@@ -128,8 +129,8 @@ _GLOBAL_FLAG: dict[T, str] = {
     T.SHOWDOTS: "showdots",
 }
 
-# `proto kpop`: POP3 on the kpop port with Kerberos (fetchmail 6.4 built with Kerberos 5).
-KPOP_PORT = "1109"
+# `proto kpop`: POP3 on the kpop service (port 1109).
+KPOP_SERVICE = "kpop"
 
 SERVER_OPTION_STARTS = frozenset(
     {
@@ -317,9 +318,9 @@ class _Parser:
         return self.tok.kind in SERVER_OPTION_STARTS
 
     def starts_user_option(self) -> bool:
-        if self.tok.kind is T.NO:
-            return self.peek_after_no() in _USER_FLAG
-        return self.tok.kind in _USER_OPTION_STARTS
+        # fetchmail's parser takes any `no` here as the start of a user option (yacc prefers
+        # the shift), so `no <anything else>` is a syntax error at the word after `no`
+        return self.tok.kind is T.NO or self.tok.kind in _USER_OPTION_STARTS
 
     def peek_after_no(self) -> T:
         # `no` is always followed by the word it negates
@@ -346,7 +347,12 @@ class _Parser:
         elif kind in _SERVER_STRING:
             self.advance()
             last = self.tok
-            server[_SERVER_STRING[kind]] = self.string()
+            value = self.string()
+            if kind is T.INTERFACE:  # fetchmail checks the spec as it reads it
+                problem = interface_problem(value)
+                if problem is not None:
+                    raise self.error(problem, last)
+            server[_SERVER_STRING[kind]] = value
         elif kind in _SERVER_NUMBER:
             self.advance()
             last = self.tok
@@ -400,9 +406,12 @@ class _Parser:
         if tok.kind is T.PROTO:
             server["protocol"] = tok.value
         elif tok.kind is T.KPOP:
+            # POP3 on the kpop service; Kerberos V replaces only an `auth password` written
+            # before it (fetchmail 6.4 built with Kerberos V, as Debian's is)
             server["protocol"] = "POP3"
-            server["service"] = KPOP_PORT
-            server["kpop"] = True
+            server["service"] = KPOP_SERVICE
+            if server.get("auth") == "password":
+                server["auth"] = "kerberos_v5"
         elif tok.kind is T.SDPS:
             server["protocol"] = "POP3"
             server["sdps"] = True
@@ -443,6 +452,8 @@ class _Parser:
             return False
         kind = self.advance().kind
         if kind is T.NO:
+            if self.tok.kind not in _USER_FLAG:
+                raise self.error()
             user[_USER_FLAG[self.advance().kind]] = False
         elif kind in _USER_FLAG:
             user[_USER_FLAG[kind]] = True

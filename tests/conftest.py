@@ -1,0 +1,27 @@
+"""Shared fixtures. With CI=true a missing reference program is a failure, never a skip."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))  # for `reference`
+
+from reference import fetchmail_available  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def need_fetchmail() -> None:
+    """Tests that compare with the real fetchmail 6.4 binary."""
+    if fetchmail_available():
+        return
+    if IN_CI:
+        pytest.fail("fetchmail is not installed, and CI=true forbids skipping (scripts/test installs it)")
+    pytest.skip("fetchmail is not installed (scripts/test installs it)")
