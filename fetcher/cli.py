@@ -17,7 +17,8 @@ from fetcher.describe import write_version
 from fetcher.errors import PermissionsError, PyfetchError, RcSyntaxError
 from fetcher.exitcodes import ExitCode
 from fetcher.features import unsupported
-from fetcher.options import HELP_TEXT, CommandLine, parse_args
+from fetcher.gcpause import paused_gc
+from fetcher.options import HELP_TEXT, CommandLine, UsageError, parse_args
 
 PROG = "pyfetch"
 
@@ -46,6 +47,11 @@ def _load_config(cmd: CommandLine, env: Environment) -> Config:
 
 
 def run(cmd: CommandLine) -> ExitCode:
+    with paused_gc():
+        return _run(cmd)
+
+
+def _run(cmd: CommandLine) -> ExitCode:
     env = Environment.from_os()
     if cmd.version:
         config = _load_config(cmd, env)
@@ -82,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(HELP_TEXT)
             return ExitCode.SUCCESS
         return run(cmd)
+    except UsageError as err:
+        return err.emit(sys.stdout, sys.stderr)
     except RcSyntaxError as err:
         # fetchmail's form: `fetchmail:FILE:LINE: MESSAGE at TOKEN`
         sys.stderr.write(f"{PROG}:{err.message}\n")

@@ -402,7 +402,7 @@ def _port_of(service: str) -> int:
         return 1109
     try:
         return socket.getservbyname(service, "tcp")
-    except OSError:
+    except (OSError, UnicodeError):  # unknown name, or bytes that are not text
         return -1
 
 

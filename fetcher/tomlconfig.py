@@ -175,7 +175,7 @@ def _entry(path: str, number: int, poll: Any) -> Entry:
     if not isinstance(poll, dict):
         raise where.error("must be a table")
     name = poll.get("name")
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):  # "" is a name, as `poll ""` is in an rcfile
         raise where.error("needs a name = \"server\"")
     where = _Where(path, f'poll "{name}"')
     skip = poll.get("skip", False)
@@ -268,10 +268,10 @@ def dumps(rc: RcFile) -> str:
     resolve_paths(globals_, rc.path)
     if globals_:
         out += ["[set]", *_lines(globals_), ""]
-    for entry in rc.entries:
+    for index, entry in enumerate(rc.entries):
         server = dict(entry.server)
         resolve_paths(server, rc.path)
-        if entry.is_defaults:
+        if entry.is_defaults and index == 0:
             merged: Options = dict(server)
             for block in entry.users:
                 user = dict(block.options)

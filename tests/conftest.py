@@ -23,5 +23,5 @@ def need_fetchmail() -> None:
     if fetchmail_available():
         return
     if IN_CI:
-        pytest.fail("fetchmail is not installed, and CI=true forbids skipping (scripts/test installs it)")
+        pytest.fail("fetchmail is missing and CI=true forbids skipping; scripts/test installs it")
     pytest.skip("fetchmail is not installed (scripts/test installs it)")

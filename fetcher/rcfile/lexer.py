@@ -551,8 +551,9 @@ def tokenize(data: bytes, path: str) -> list[Token]:
             # a quoted string loses only to a longer unquoted word such as `"a"b`
             if close + 1 >= word_end:
                 raw = data[pos + 1 : close]
-                text = _decode(data[pos : close + 1])
-                emit(new(Token, (T.STRING, _decode(unescape(raw)), text, line)))
+                text = data[pos : close + 1].decode("utf-8", "surrogateescape")
+                value = text[1:-1] if b"\\" not in raw else _decode(unescape(raw))
+                emit(new(Token, (T.STRING, value, text, line)))
                 line += raw.count(b"\n")
                 state = _State.INITIAL
                 pos = close + 1
@@ -562,7 +563,9 @@ def tokenize(data: bytes, path: str) -> list[Token]:
         if word_end == n and raw_word[-1] == 0x5C and _ends_in_lone_backslash(raw_word):
             raise RcSyntaxError(path, line, "backslash at end of file", _decode(raw_word))
         if state is _State.NAME:
-            emit(new(Token, (T.STRING, _decode(unescape(raw_word)), _decode(raw_word), line)))
+            text = raw_word.decode("utf-8", "surrogateescape")
+            value = text if b"\\" not in raw_word else _decode(unescape(raw_word))
+            emit(new(Token, (T.STRING, value, text, line)))
             state = _State.INITIAL
             continue
         if raw_word in _FUSED_NO:  # fetchmail's yyless(2): return `no`, then rescan the rest
@@ -578,11 +581,12 @@ def tokenize(data: bytes, path: str) -> list[Token]:
             if new_state is not None:
                 state = new_state
             continue
-        text = _decode(raw_word)
+        text = raw_word.decode("utf-8", "surrogateescape")
         body = raw_word[1:] if raw_word[0] == 0x2D else raw_word  # "-"
         if body.isdigit():
             emit(new(Token, (T.NUMBER, _c_int(raw_word), text, line)))
             continue
-        emit(new(Token, (T.STRING, _decode(unescape(raw_word)), text, line)))
+        value = text if b"\\" not in raw_word else _decode(unescape(raw_word))
+        emit(new(Token, (T.STRING, value, text, line)))
     emit(new(Token, (T.EOF, None, "end of input", line)))
     return tokens

@@ -1,0 +1,88 @@
+"""Where passwords come from: rcfile, ~/.netrc (poll name, then via), a prompt, or exit 3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fetcher.config import Environment, build
+from fetcher.credentials import parse_netrc, resolve_passwords
+from fetcher.errors import CredentialsError
+from fetcher.exitcodes import ExitCode
+from fetcher.model import Config
+from fetcher.rcfile import parse
+
+ENV = Environment(user="bob", home="/home/bob", fetchmailhome=None, home_etc=None, is_root=False)
+
+
+def config(text: str) -> Config:
+    return build(parse(text.encode(), "/home/bob/.fetchmailrc"), ENV)
+
+
+def passwords(cfg: Config) -> list[str | None]:
+    return [user.password for _, user in cfg.selected_accounts()]
+
+
+NETRC = """\
+machine mail.isp.net login alice password for-alice
+machine mail.isp.net login bob password for-bob
+machine real.host.net password via-password
+macdef init
+    cd /pub
+    machine ignored.net password inside-a-macro
+
+machine ignored.net login bob password after-macro
+"""
+
+
+@pytest.fixture
+def netrc(tmp_path: Path) -> Path:
+    path = tmp_path / ".netrc"
+    path.write_text(NETRC)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rc", "expected"),
+    [
+        ("poll mail.isp.net user bob password from-rc", "from-rc"),  # the rcfile wins
+        ("poll mail.isp.net user bob", "for-bob"),  # login must match the remote user
+        ("poll mail.isp.net user carol", None),  # no entry for carol
+        ("poll label via real.host.net user carol", "via-password"),  # via, login absent
+        ("poll ignored.net user bob", "after-macro"),  # macro bodies are skipped
+    ],
+)
+def test_netrc(rc: str, expected: str | None, netrc: Path) -> None:
+    cfg = config(rc)
+    if expected is None:
+        with pytest.raises(CredentialsError) as info:
+            resolve_passwords(cfg, str(netrc), interactive=False)
+        assert info.value.exit_code == ExitCode.AUTHFAIL
+        assert str(info.value) == "can't find a password for carol@mail.isp.net."
+    else:
+        resolve_passwords(cfg, str(netrc), interactive=False)
+        assert passwords(cfg) == [expected]
+
+
+def test_prompt_when_interactive(tmp_path: Path) -> None:
+    cfg = config("poll mail.isp.net user bob")
+    asked: list[str] = []
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return "x" * 100
+
+    resolve_passwords(cfg, str(tmp_path / "none"), prompt=prompt, interactive=True)
+    assert asked == ["Enter password for bob@mail.isp.net: "]
+    assert passwords(cfg) == ["x" * 63]  # fetchmail reads at most 63 characters
+
+
+def test_no_password_needed_for_external_auth(tmp_path: Path) -> None:
+    cfg = config("poll mail.isp.net auth external user bob")
+    resolve_passwords(cfg, str(tmp_path / "none"), interactive=False)
+
+
+def test_netrc_parser_reads_words_across_lines() -> None:
+    (entry,) = parse_netrc("machine\n h\n login\n u password\n p account a\n")
+    assert (entry.machine, entry.login, entry.password) == ("h", "u", "p")
