@@ -8,7 +8,7 @@ field by field by a script.
 from __future__ import annotations
 
 from functools import cache
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from fetcher.model import Config, GlobalOptions, ServerOptions, UserOptions, dumped_fields
