@@ -6,6 +6,7 @@ passwords) ends here with fetchmail's message shape and exit code.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,8 +28,17 @@ def _report(message: str) -> None:
     sys.stderr.write(f"{PROG}: {message}\n")
 
 
-def _load_config(cmd: CommandLine, env: Environment) -> Config:
+def _rcfile_path(cmd: CommandLine, env: Environment) -> str:
     path = cmd.rcfile or env.default_rcfile
+    if path != "-" and not os.path.isabs(path):
+        # as fetchmail does: messages then name the file unambiguously, and a daemon that
+        # changes directory still finds it
+        path = os.path.join(os.getcwd(), path)
+    return path
+
+
+def _load_config(cmd: CommandLine, env: Environment) -> Config:
+    path = _rcfile_path(cmd, env)
     secure = not cmd.version
     if tomlconfig.is_toml_path(path):
         tree = tomlconfig.load(path, secure=secure)
@@ -62,7 +72,7 @@ def _run(cmd: CommandLine) -> ExitCode:
         sys.stderr.write(f"{warning}\n")
     if cmd.configdump:
         if cmd.dump_format == "toml":
-            sys.stdout.write(tomlconfig.dumps_config_source(cmd.rcfile or env.default_rcfile))
+            sys.stdout.write(tomlconfig.dumps_config_source(_rcfile_path(cmd, env)))
         else:
             sys.stdout.write(configdump_json(config))
         return ExitCode.SUCCESS
