@@ -298,6 +298,7 @@ def _apply_wired_defaults(record: Options, env: Environment) -> None:
         record["localnames"] = default_name
     if not record.get("smtphunt"):
         record["smtphunt"] = ["localhost"]
+        record["smtphunt_default"] = True
     if "stripcr" not in record:
         record["stripcr"] = record.get("mda") is not None
     for key in ZERO_IS_UNSET:
@@ -309,6 +310,7 @@ def _apply_wired_defaults(record: Options, env: Environment) -> None:
         record["password"] = record["remote"]
     if record.get("protocol") in ("ETRN", "ODMR") and not record.get("fetchdomains"):
         record["fetchdomains"] = [local_hostname()]
+        record["fetchdomains_default"] = True
     for key, value in record.items():
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             # fetchmail treats a negative number as none at all; `timeout -1` is its

@@ -6,12 +6,15 @@ own, with pyfetch's name where fetchmail names itself.
 
 from __future__ import annotations
 
+import os
 import platform
 import ssl
 import sys
 
 from fetcher import FETCHMAIL_COMPAT, __version__
+from fetcher.credentials import needs_password
 from fetcher.model import Config, ServerOptions, UserOptions
+from fetcher.rcfile.parser import KPOP_SERVICE
 
 _AUTH_SENTENCES = {
     "any": "All available authentication methods will be tried.",
@@ -24,7 +27,25 @@ _AUTH_SENTENCES = {
     "kerberos_v4": "Kerberos V4 authentication will be forced.",
     "kerberos_v5": "Kerberos V5 authentication will be forced.",
     "ssh": "End-to-end encryption assumed.",
-    "external": "External authentication will be forced.",
+}
+
+
+def visible(text: str) -> str:
+    """Control characters made visible, as fetchmail's visbuf() shows them in -V."""
+    out = []
+    for ch in text:
+        if ch in _VISIBLE_ESCAPES:
+            out.append(_VISIBLE_ESCAPES[ch])
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\0x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_VISIBLE_ESCAPES = {
+    "\\": "\\\\", '"': '\\"', "\a": "\\a", "\b": "\\b", "\f": "\\f",
+    "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
 }
 
 
@@ -44,6 +65,8 @@ def describe(config: Config, verbose: int = 0, command_line_only: bool = False) 
         lines.append("Taking options from command line")
     else:
         lines.append(f"Taking options from command line and {source}")
+    if not config.servers:  # fetchmail explains nothing more without a server
+        return "\n".join(lines) + "\n"
     g = config.globals
     if g.poll_interval:
         lines.append(f"Poll interval is {g.poll_interval} seconds")
@@ -78,12 +101,44 @@ def _onoff(flag: bool, on: str, off: str) -> str:
     return on if flag else off
 
 
+# (field, sentence when on, sentence when off), in fetchmail's order.
+_USER_FLAG_SENTENCES = [
+    ("fetchall", "  All messages will be retrieved (--all on).",
+     "  Only new messages will be retrieved (--all off)."),
+    ("keep", "  Fetched messages will be kept on the server (--keep on).",
+     "  Fetched messages will not be kept on the server (--keep off)."),
+    ("flush", "  Old messages will be flushed before message retrieval (--flush on).",
+     "  Old messages will not be flushed before message retrieval (--flush off)."),
+    ("limitflush",
+     "  Oversized messages will be flushed before message retrieval (--limitflush on).",
+     "  Oversized messages will not be flushed before message retrieval (--limitflush off)."),
+    ("rewrite", "  Rewrite of server-local addresses is enabled (--norewrite off).",
+     "  Rewrite of server-local addresses is disabled (--norewrite on)."),
+    ("stripcr", "  Carriage-return stripping is enabled (stripcr on).",
+     "  Carriage-return stripping is disabled (stripcr off)."),
+    ("forcecr", "  Carriage-return forcing is enabled (forcecr on).",
+     "  Carriage-return forcing is disabled (forcecr off)."),
+    ("pass8bits", "  Interpretation of Content-Transfer-Encoding is disabled (pass8bits on).",
+     "  Interpretation of Content-Transfer-Encoding is enabled (pass8bits off)."),
+    ("mimedecode", "  MIME decoding is enabled (mimedecode on).",
+     "  MIME decoding is disabled (mimedecode off)."),
+    ("idle", "  Idle after poll is enabled (idle on).",
+     "  Idle after poll is disabled (idle off)."),
+    ("dropstatus", "  Nonempty Status lines will be discarded (dropstatus on)",
+     "  Nonempty Status lines will be kept (dropstatus off)"),
+    ("dropdelivered", "  Delivered-To lines will be discarded (dropdelivered on)",
+     "  Delivered-To lines will be kept (dropdelivered off)"),
+]
+
+
 def _describe_account(
     server: ServerOptions, user: UserOptions, config: Config, verbose: int
 ) -> list[str]:
-    out = [f"Options for retrieving from {user.remote}@{server.pollname}:"]
+    """One account, sentence for sentence in the order of fetchmail's dump_params()."""
+    mailbox = server.protocol not in ("ETRN", "ODMR")
+    out = [f"Options for retrieving from {user.remote}@{visible(server.pollname)}:"]
     add = out.append
-    if server.via:
+    if server.via is not None and mailbox:
         add(f"  Mail will be retrieved via {server.via}")
     if server.interval:
         plural = "interval" if server.interval == 1 else "intervals"
@@ -95,136 +150,185 @@ def _describe_account(
             if server.skip
             else "  This host will be queried when no host is specified."
         )
-    if user.password is None and server.auth not in ("ssh", "external", "gssapi", "otp"):
-        add("  Password will be prompted for.")
-    elif verbose:
-        add("  Password = *.")  # never the password itself
+    if needs_password(server):
+        if user.password is None:
+            add("  Password will be prompted for.")
+        elif verbose:
+            add('  Password = "*".')  # never the password itself
     service = f" (using service {server.service})" if server.service else ""
-    add(f"  Protocol is {server.protocol}{service}.")
-    add(f"  {_AUTH_SENTENCES.get(server.auth, server.auth)}")
+    if not service and verbose:
+        service = " (using default port)"
+    uidl = " (forcing UIDL use)" if server.uidl else ""
+    if server.protocol == "POP3" and server.service == KPOP_SERVICE and (
+        server.auth == "kerberos_v5"
+    ):
+        add(f"  Protocol is KPOP with Kerberos V authentication{service}{uidl}.")
+    else:
+        add(f"  Protocol is {server.protocol}{service}{uidl}.")
+    if server.auth in _AUTH_SENTENCES:  # fetchmail says nothing for `external`
+        add(f"  {_AUTH_SENTENCES[server.auth]}")
     if server.principal:
         add(f"  Mail service principal is: {server.principal}")
+    out.extend(_describe_tls(user))
+    if server.timeout > 0:
+        default = " (default)" if server.timeout == 300 else ""
+        add(f"  Server nonresponse timeout is {server.timeout} seconds{default}.")
+    if mailbox:
+        out.extend(_describe_retrieval(user, config, verbose))
+    else:
+        default = " (default)" if user.fetchdomains_default else ""
+        add("  Domains for which mail will be fetched are: "
+            + " ".join(user.fetchdomains) + default)
+    if user.bsmtp is not None:
+        add(f"  Messages will be appended to {visible(user.bsmtp)} as BSMTP")
+    elif user.mda is not None and mailbox:
+        add(f'  Messages will be delivered with "{visible(user.mda)}".')
+    else:
+        listener = "L" if user.lmtp else "S"
+        hosts = " ".join(user.smtphunt)
+        default = " (default)" if user.smtphunt_default else ""
+        add(f"  Messages will be {listener}MTP-forwarded to: {hosts}{default}")
+        if user.smtpaddress:
+            add(f"  Host part of MAIL FROM line will be {user.smtpaddress}")
+        if user.smtpname:
+            add(f"  Address to be put in RCPT TO lines shipped to SMTP will be {user.smtpname}")
+    if mailbox and user.antispam:
+        add("  Recognized listener spam block responses are: "
+            + " ".join(str(code) for code in user.antispam))
+    elif mailbox and verbose:
+        add("  Spam-blocking disabled")
+    if user.preconnect is not None:
+        add(f'  Server connection will be brought up with "{visible(user.preconnect)}".')
+    if user.postconnect is not None:
+        add(f'  Server connection will be taken down with "{visible(user.postconnect)}".')
+    if mailbox:
+        out.extend(_describe_local_names(server, user, verbose))
+    if server.interface:
+        add(f"  Connection must be through interface {server.interface}.")
+    if server.monitor:
+        add(f"  Polling loop will monitor {server.monitor}.")
+    if server.plugin:
+        add(f"  Server connections will be made via plugin {server.plugin}"
+            f" (--plugin {server.plugin}).")
+    if server.plugout:
+        add(f"  Listener connections will be made via plugout {server.plugout}"
+            f" (--plugout {server.plugout}).")
+    if mailbox and server.protocol not in ("auto", "POP2"):
+        add("  No UIDs saved from this host.")  # the UID store comes with retrieval
+    if server.tracepolls:
+        add("  Poll trace information will be added to the Received header.")
+    if server.badheader:
+        add("  Messages with bad headers will be passed on.")
+    if user.properties is not None:
+        add(f'  Pass-through properties "{visible(user.properties)}".')
+    return out
+
+
+def _describe_tls(user: UserOptions) -> list[str]:
+    out: list[str] = []
     if user.ssl:
-        add("  SSL encrypted sessions enabled.")
+        out.append("  SSL encrypted sessions enabled.")
     if user.sslproto is not None:
-        add(f"  SSL protocol: {user.sslproto}.")
-    add(
+        out.append(f"  SSL protocol: {user.sslproto}.")
+    out.append(
         "  SSL server certificate checking enabled."
         if user.sslcertck
         else "  SSL server certificate checking disabled."
     )
+    # what OpenSSL will use: its environment variables, else its built-in paths
     paths = ssl.get_default_verify_paths()
-    add(f"  SSL default trusted certificate file: {paths.openssl_cafile}")
+    default_file = os.environ.get(paths.openssl_cafile_env) or paths.openssl_cafile
+    default_dir = os.environ.get(paths.openssl_capath_env) or paths.openssl_capath
+    out.append(f"  SSL default trusted certificate file: {default_file}")
     if user.sslcertfile:
-        add(f"  SSL trusted certificate file: {user.sslcertfile}")
-    add(f"  SSL default trusted certificate directory: {paths.openssl_capath}")
+        out.append(f"  SSL trusted certificate file: {user.sslcertfile}")
+    out.append(f"  SSL default trusted certificate directory: {default_dir}")
     if user.sslcertpath:
-        add(f"  SSL trusted certificate directory: {user.sslcertpath}")
+        out.append(f"  SSL trusted certificate directory: {user.sslcertpath}")
     if user.sslcommonname:
-        add(f"  SSL server CommonName: {user.sslcommonname}")
+        out.append(f"  SSL server CommonName: {user.sslcommonname}")
     if user.sslfingerprint:
-        add(f"  SSL key fingerprint (checked against the server key): {user.sslfingerprint}")
-    if server.timeout > 0:
-        default = " (default)" if server.timeout == 300 else ""
-        add(f"  Server nonresponse timeout is {server.timeout} seconds{default}.")
+        out.append(
+            f"  SSL key fingerprint (checked against the server key): {user.sslfingerprint}"
+        )
+    return out
+
+
+def _describe_retrieval(user: UserOptions, config: Config, verbose: int) -> list[str]:
+    out: list[str] = []
+    add = out.append
     if user.mailboxes:
         add("  Selected mailboxes are: " + " ".join(user.mailboxes))
     else:
         add("  Default mailbox selected.")
-    add(_onoff(user.fetchall, "  All messages will be retrieved (--all on).",
-               "  Only new messages will be retrieved (--all off)."))
-    add(_onoff(user.keep, "  Fetched messages will be kept on the server (--keep on).",
-               "  Fetched messages will not be kept on the server (--keep off)."))
-    add(_onoff(user.flush, "  Old messages will be flushed before message retrieval (--flush on).",
-               "  Old messages will not be flushed before message retrieval (--flush off)."))
-    add(_onoff(user.limitflush,
-               "  Oversized messages will be flushed before message retrieval (--limitflush on).",
-               "  Oversized messages will not be flushed before message retrieval"
-               " (--limitflush off)."))
-    add(_onoff(user.rewrite, "  Rewrite of server-local addresses is enabled (--norewrite off).",
-               "  Rewrite of server-local addresses is disabled (--norewrite on)."))
-    add(_onoff(user.stripcr, "  Carriage-return stripping is enabled (stripcr on).",
-               "  Carriage-return stripping is disabled (stripcr off)."))
-    add(_onoff(user.forcecr, "  Carriage-return forcing is enabled (forcecr on).",
-               "  Carriage-return forcing is disabled (forcecr off)."))
-    add(_onoff(user.pass8bits,
-               "  Interpretation of Content-Transfer-Encoding is disabled (pass8bits on).",
-               "  Interpretation of Content-Transfer-Encoding is enabled (pass8bits off)."))
-    add(_onoff(user.mimedecode, "  MIME decoding is enabled (mimedecode on).",
-               "  MIME decoding is disabled (mimedecode off)."))
-    add(_onoff(user.idle, "  Idle after poll is enabled (idle on).",
-               "  Idle after poll is disabled (idle off)."))
-    add(_onoff(user.dropstatus, "  Nonempty Status lines will be discarded (dropstatus on)",
-               "  Nonempty Status lines will be kept (dropstatus off)"))
-    add(_onoff(user.dropdelivered, "  Delivered-To lines will be discarded (dropdelivered on)",
-               "  Delivered-To lines will be kept (dropdelivered off)"))
+    for flag, on, off in _USER_FLAG_SENTENCES:
+        add(on if getattr(user, flag) else off)
     if user.limit:
         add(f"  Message size limit is {user.limit} octets (--limit {user.limit}).")
         if config.globals.poll_interval > 0:
             add(f"  Message size warning interval is {user.warnings} seconds"
                 f" (--warnings {user.warnings}).")
+        elif verbose:
+            add("  Size warnings on every poll (--warnings 0).")
     if user.fetchlimit:
         add(f"  Received-message limit is {user.fetchlimit} (--fetchlimit {user.fetchlimit}).")
-    add(f"  Fetch message size limit is {user.fetchsizelimit}"
-        f" (--fetchsizelimit {user.fetchsizelimit}).")
-    if user.fastuidl:
+    elif verbose:
+        add("  No received-message limit (--fetchlimit 0).")
+    if user.fetchsizelimit:
+        add(f"  Fetch message size limit is {user.fetchsizelimit}"
+            f" (--fetchsizelimit {user.fetchsizelimit}).")
+    elif verbose:
+        add("  No fetch message size limit (--fetchsizelimit 0).")
+    if user.fastuidl == 1:
+        add("  Do binary search of UIDs during each poll (--fastuidl 1).")
+    elif user.fastuidl:
         add(f"  Do binary search of UIDs during {user.fastuidl - 1} out of {user.fastuidl}"
             f" polls (--fastuidl {user.fastuidl}).")
+    elif verbose:
+        add("   Do linear search of UIDs during each poll (--fastuidl 0).")
     if user.batchlimit:
         add(f"  SMTP message batch limit is {user.batchlimit}.")
+    elif verbose:
+        add("  No SMTP message batch limit (--batchlimit 0).")
     if user.expunge:
         add(f"  Deletion interval between expunges forced to {user.expunge}"
             f" (--expunge {user.expunge}).")
-    if user.bsmtp:
-        add(f"  Messages will be appended to {user.bsmtp} as BSMTP")
-    elif user.mda:
-        add(f'  Messages will be delivered with "{user.mda}".')
-    else:
-        listener = "LMTP" if user.lmtp else "SMTP"
-        hosts = " ".join(user.smtphunt)
-        default = " (default)" if user.smtphunt == ["localhost"] else ""
-        add(f"  Messages will be {listener}-forwarded to: {hosts}{default}")
-        if user.smtpaddress:
-            add(f"  Host part of MAIL FROM line will be {user.smtpaddress}")
-        if user.smtpname:
-            add(f"  Address to be put in RCPT TO lines shipped to SMTP will be {user.smtpname}")
-    if user.antispam:
-        add("  Recognized listener spam block responses are: "
-            + " ".join(str(code) for code in user.antispam))
-    if user.preconnect:
-        add(f"  Server connection will be brought up with \"{user.preconnect}\".")
-    if user.postconnect:
-        add(f"  Server connection will be taken down with \"{user.postconnect}\".")
+    elif verbose:
+        add("  No forced expunges (--expunge 0).")
+    return out
+
+
+def _describe_local_names(server: ServerOptions, user: UserOptions, verbose: int) -> list[str]:
     count = len(user.localnames)
-    if not user.multidrop:
-        add(f"  Single-drop mode: {count} local name recognized.")
-    else:
-        noun = "name" if count == 1 else "names"
-        add(f"  Multi-drop mode: {count} local {noun} recognized.")
+    mode = "Multi-drop" if user.multidrop else "Single-drop"
+    noun = "name" if count == 1 else "names"
+    out = [f"  {mode} mode: {count} local {noun} recognized."]
+    if verbose:
+        out += [f"\t{name} -> {mapped}" if mapped else f"\t{name}" for name, mapped in
+                user.localnames]
         if user.wildcard:
-            add("  Unrecognized users will be passed through (wildcard).")
-        add(_onoff(server.dns, "  DNS lookup for multidrop addresses is enabled.",
-                   "  DNS lookup for multidrop addresses is disabled."))
-        add("  Server aliases will be compared with multidrop addresses by "
-            + ("IP address." if server.checkalias else "name."))
-        if server.envelope is None:
-            add("  No envelope address checking.")
-        else:
-            add(f"  Envelope header is assumed to be: {server.envelope}")
-    if server.plugin:
-        add(f'  Server connections will be made via plugin {server.plugin}'
-            ' (--plugin "' + server.plugin + '").')
-    if server.plugout:
-        add(f'  Listener connections will be made via plugout {server.plugout}'
-            ' (--plugout "' + server.plugout + '").')
-    if server.interface:
-        add(f"  Connection must be through interface {server.interface}.")
-    if server.monitor:
-        add(f"  Polling loop will monitor {server.monitor}.")
-    if server.tracepolls:
-        add("  Poll trace information will be added to the Received header.")
-    if user.properties:
-        add(f"  Pass-through properties \"{user.properties}\".")
+            out.append("\t*")
+    if not user.multidrop:
+        return out
+    out.append(_onoff(server.dns, "  DNS lookup for multidrop addresses is enabled.",
+                      "  DNS lookup for multidrop addresses is disabled."))
+    if server.dns:
+        out.append("  Server aliases will be compared with multidrop addresses by "
+                   + ("IP address." if server.checkalias else "name."))
+    if server.envelope is None:
+        out.append("  Envelope-address routing is disabled")
+    else:
+        out.append(f"  Envelope header is assumed to be: {server.envelope}")
+        if server.envskip or verbose:
+            out.append(f"  Number of envelope headers to be skipped over: {server.envskip}")
+        if server.qvirtual:
+            out.append(f"  Prefix {server.qvirtual} will be removed from user id")
+        elif verbose:
+            out.append("  No prefix stripping")
+    if server.aka:
+        out.append("  Predeclared mailserver aliases: " + " ".join(server.aka))
+    if server.localdomains:
+        out.append("  Local domains: " + " ".join(server.localdomains))
     return out
 
 

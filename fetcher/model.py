@@ -79,6 +79,8 @@ class UserOptions:
     antispam: list[int] = field(default_factory=list)
     mailboxes: list[str] = field(default_factory=list)
     wildcard: bool = field(default=False, metadata=_HIDDEN)  # `is *`: dumped in localnames
+    smtphunt_default: bool = field(default=False, metadata=_HIDDEN)  # no smtphost was given
+    fetchdomains_default: bool = field(default=False, metadata=_HIDDEN)  # ETRN/ODMR: this host
     line: int = field(default=0, metadata=_HIDDEN)  # where the account starts in the rcfile
 
     @property
@@ -127,7 +129,7 @@ class ServerOptions:
     @property
     def queryname(self) -> str:
         """The name to connect to and to key UIDs by: `via` if given, else the poll name."""
-        return self.via or self.pollname
+        return self.via if self.via is not None else self.pollname
 
 
 @dataclass

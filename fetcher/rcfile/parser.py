@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fetcher.errors import RcSyntaxError
 from fetcher.gcpause import paused_gc
 from fetcher.interface import interface_problem
-from fetcher.rcfile.lexer import T, Token, tokenize
+from fetcher.rcfile.lexer import KEYWORD_NAMES, T, Token, tokenize
 
 # What a field of the tree can hold. Local names are (name, mapped-to or None) pairs.
 LocalName = tuple[str, str | None]
@@ -56,10 +56,7 @@ _SERVER_STRING: dict[T, str] = {
 _SERVER_NUMBER: dict[T, str] = {T.INTERVAL: "interval", T.TIMEOUT: "timeout"}
 _SERVER_LIST: dict[T, str] = {T.AKA: "aka", T.LOCALDOMAINS: "localdomains"}
 _SERVER_FLAG: dict[T, str] = {
-    T.UIDL: "uidl",
-    T.CHECKALIAS: "checkalias",
-    T.DNS: "dns",
-    T.TRACEPOLLS: "tracepolls",
+    kind: KEYWORD_NAMES[kind] for kind in (T.UIDL, T.CHECKALIAS, T.DNS, T.TRACEPOLLS)
 }
 _SERVER_NO_ONLY: dict[T, str] = {T.ENVELOPE: "envelope"}
 
@@ -95,22 +92,13 @@ _USER_NUMBER: dict[T, str] = {
     T.BATCHLIMIT: "batchlimit",
     T.EXPUNGE: "expunge",
 }
-# Flags that take `no` as well.
+# Flags that take `no` as well; each sets the field named like its keyword.
 _USER_FLAG: dict[T, str] = {
-    T.KEEP: "keep",
-    T.FLUSH: "flush",
-    T.LIMITFLUSH: "limitflush",
-    T.FETCHALL: "fetchall",
-    T.REWRITE: "rewrite",
-    T.FORCECR: "forcecr",
-    T.STRIPCR: "stripcr",
-    T.PASS8BITS: "pass8bits",
-    T.DROPSTATUS: "dropstatus",
-    T.DROPDELIVERED: "dropdelivered",
-    T.MIMEDECODE: "mimedecode",
-    T.IDLE: "idle",
-    T.SSL: "ssl",
-    T.SSLCERTCK: "sslcertck",
+    kind: KEYWORD_NAMES[kind]
+    for kind in (
+        T.KEEP, T.FLUSH, T.LIMITFLUSH, T.FETCHALL, T.REWRITE, T.FORCECR, T.STRIPCR,
+        T.PASS8BITS, T.DROPSTATUS, T.DROPDELIVERED, T.MIMEDECODE, T.IDLE, T.SSL, T.SSLCERTCK,
+    )
 }
 
 _GLOBAL_STRING: dict[T, str] = {
@@ -121,12 +109,8 @@ _GLOBAL_STRING: dict[T, str] = {
     T.PROPERTIES: "properties",
 }
 _GLOBAL_FLAG: dict[T, str] = {
-    T.BOUNCEMAIL: "bouncemail",
-    T.SPAMBOUNCE: "spambounce",
-    T.SOFTBOUNCE: "softbounce",
-    T.SYSLOG: "syslog",
-    T.INVISIBLE: "invisible",
-    T.SHOWDOTS: "showdots",
+    kind: KEYWORD_NAMES[kind]
+    for kind in (T.BOUNCEMAIL, T.SPAMBOUNCE, T.SOFTBOUNCE, T.SYSLOG, T.INVISIBLE, T.SHOWDOTS)
 }
 
 # `proto kpop`: POP3 on the kpop service (port 1109).
