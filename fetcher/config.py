@@ -22,7 +22,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
-from fetcher.errors import ConfigError
+from fetcher.errors import ConfigError, LocalError
+from fetcher.exitcodes import ExitCode
 from fetcher.model import Config, GlobalOptions, LocalName, ServerOptions, UserOptions
 
 __all__ = ["Config", "Environment", "Overrides", "build", "resolve_paths"]
@@ -50,12 +51,16 @@ _USER_FIELDS = frozenset(f.name for f in fields(UserOptions))
 
 @dataclass(frozen=True)
 class Environment:
-    """Who runs us and where their files are: fetchmail's `envquery()`."""
+    """Who runs us and where their files are: fetchmail's `envquery()`.
+
+    `home` is $HOME_ETC if set, else $HOME, else the password database's directory, made
+    absolute with symbolic links resolved; it holds .fetchmailrc, .fetchids and .netrc.
+    $FETCHMAILHOME, if set, holds fetchmailrc (no dot), .fetchids and fetchmail.pid instead.
+    """
 
     user: str
     home: str
     fetchmailhome: str | None
-    home_etc: str | None
     is_root: bool
 
     @classmethod
@@ -73,12 +78,16 @@ class Environment:
             user = env.get("LOGNAME") or env.get("USER") or ""
             if not user:
                 raise ConfigError("You don't exist.  Go away.")
-        home = env.get("HOME") or (entry.pw_dir if entry else "/")
+        home = env.get("HOME_ETC") or env.get("HOME") or (entry.pw_dir if entry else "/")
+        fetchmailhome = env.get("FETCHMAILHOME") or None
         return cls(
             user=user,
-            home=home,
-            fetchmailhome=env.get("FETCHMAILHOME") or None,
-            home_etc=env.get("HOME_ETC") or None,
+            home=_existing_directory(home, "user's home directory"),
+            fetchmailhome=(
+                _existing_directory(fetchmailhome, "fetchmail's home directory")
+                if fetchmailhome
+                else None
+            ),
             is_root=os.getuid() == 0,
         )
 
@@ -86,7 +95,7 @@ class Environment:
     def default_rcfile(self) -> str:
         if self.fetchmailhome:
             return os.path.join(self.fetchmailhome, "fetchmailrc")
-        return os.path.join(self.home_etc or self.home, ".fetchmailrc")
+        return os.path.join(self.home, ".fetchmailrc")
 
     @property
     def default_idfile(self) -> str:
@@ -102,7 +111,14 @@ class Environment:
 
     @property
     def netrc_path(self) -> str:
-        return os.path.join(self.home_etc or self.home, ".netrc")
+        return os.path.join(self.home, ".netrc")
+
+
+def _existing_directory(path: str, what: str) -> str:
+    try:
+        return os.path.realpath(path, strict=True)
+    except OSError:
+        raise LocalError(f"Cannot find absolute path for {what}.", ExitCode.UNDEFINED) from None
 
 
 @dataclass

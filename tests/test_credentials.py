@@ -13,7 +13,7 @@ from fetcher.exitcodes import ExitCode
 from fetcher.model import Config
 from fetcher.rcfile import parse
 
-ENV = Environment(user="bob", home="/home/bob", fetchmailhome=None, home_etc=None, is_root=False)
+ENV = Environment(user="bob", home="/home/bob", fetchmailhome=None, is_root=False)
 
 
 def config(text: str) -> Config:

@@ -19,7 +19,7 @@ from fetcher.exitcodes import ExitCode
 from fetcher.rcfile import parse
 from fetcher.rcfile.lexer import KEYWORD_NAMES
 
-ENV = Environment(user="bob", home="/home/bob", fetchmailhome=None, home_etc=None, is_root=False)
+ENV = Environment(user="bob", home="/home/bob", fetchmailhome=None, is_root=False)
 CORPUS = [p.read_bytes() for p in sorted((TESTS / "corpus").glob("*/*.rc"))]
 WORDS = sorted(
     {*KEYWORD_NAMES.values(), "poll", "skip", "user", "is", "to", "here", "there", "=", "no",

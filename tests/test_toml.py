@@ -14,7 +14,7 @@ from fetcher.errors import ConfigError
 from fetcher.rcfile import parse
 from fetcher.tomlconfig import dumps, parse_toml
 
-ENV = Environment(user="bob", home="/home/bob", fetchmailhome=None, home_etc=None, is_root=False)
+ENV = Environment(user="bob", home="/home/bob", fetchmailhome=None, is_root=False)
 GOOD = sorted((TESTS / "corpus" / "good").glob("*.rc"))
 
 
