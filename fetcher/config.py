@@ -45,7 +45,10 @@ NOT_INHERITED = frozenset({"aka"})
 # field so that nothing ever prompts for one (and --configdump shows it there).
 PASSWORDLESS_AUTH = frozenset({"ssh", "external", "gssapi", "kerberos_v4", "kerberos_v5", "otp"})
 DEFAULT_TIMEOUT = 300
-_SERVER_FIELDS = frozenset(f.name for f in fields(ServerOptions))
+# What an rcfile record can set on the model; the rest is filled in by build().
+_SERVER_OPTIONS = frozenset(f.name for f in fields(ServerOptions)) - {
+    "pollname", "active", "users", "selected", "line"
+}
 _USER_FIELDS = frozenset(f.name for f in fields(UserOptions))
 
 
@@ -167,12 +170,9 @@ def _fill_unset(target: Options, source: Mapping[str, object]) -> None:
 def _force(target: Options, source: Mapping[str, object]) -> None:
     """fetchmail's optmerge(force=TRUE): command-line values win; lists are appended."""
     for key, value in source.items():
-        if key in LIST_FIELDS:
-            current = target.get(key)
-            if isinstance(current, list) and isinstance(value, list):
-                target[key] = [*current, *value]
-            else:
-                target[key] = _copy(value)
+        current = target.get(key)
+        if key in LIST_FIELDS and isinstance(current, list) and isinstance(value, list):
+            target[key] = [*current, *value]
         else:
             target[key] = _copy(value)
 
@@ -181,13 +181,9 @@ def _copy(value: object) -> Value:
     return list(value) if isinstance(value, list) else value  # type: ignore[return-value]
 
 
-def _account_records(entry: Entry) -> list[tuple[Options, Options, int]]:
+def _account_records(entry: Entry) -> list[tuple[Options, int]]:
     """fetchmail keeps one record per account, each with its own copy of the server part."""
-    return [(dict(entry.server), dict(block.options), block.line) for block in entry.users]
-
-
-def _merged(server: Options, user: Options) -> Options:
-    return {**server, **user}
+    return [({**entry.server, **block.options}, block.line) for block in entry.users]
 
 
 def build(
@@ -207,8 +203,7 @@ def build(
     defaults_record: Options = {}
     if entries and entries[0].is_defaults:
         head = entries.pop(0)
-        server, user, _ = _account_records(head)[0]
-        defaults_record = _merged(server, user)
+        defaults_record = _account_records(head)[0][0]
         resolve_paths(defaults_record, rcpath)
         if len(head.users) > 1:  # fetchmail keeps the other accounts as an entry of their own
             rest = Entry(head.name, head.line, head.skip, dict(head.server), head.users[1:])
@@ -237,8 +232,7 @@ def build(
             not entry.skip
         )
         lead: ServerOptions | None = None
-        for server_part, user_part, line in _account_records(entry):
-            record = _merged(server_part, user_part)
+        for record, line in _account_records(entry):
             resolve_paths(record, rcpath)
             _fill_unset(record, defaults_record)
             _force(record, overrides.server)
@@ -335,16 +329,12 @@ def _apply_wired_defaults(record: Options, env: Environment) -> None:
 
 
 def _make_user(record: Options) -> UserOptions:
-    values = {k: v for k, v in record.items() if k in _USER_FIELDS and k != "line"}
+    values = {k: v for k, v in record.items() if k in _USER_FIELDS}
     return UserOptions(**values)  # type: ignore[arg-type]
 
 
 def _make_server(record: Options, entry: Entry, selected: bool) -> ServerOptions:
-    values = {
-        k: v
-        for k, v in record.items()
-        if k in _SERVER_FIELDS and k not in ("kpop", "users", "line", "active", "selected")
-    }
+    values = {k: v for k, v in record.items() if k in _SERVER_OPTIONS}
     server = ServerOptions(**values)  # type: ignore[arg-type]
     server.pollname = entry.name
     server.active = not entry.skip
@@ -363,7 +353,8 @@ def local_hostname() -> str:
         info = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
     except OSError:
         return name
-    return info[0][3] or name if info else name
+    canonical = info[0][3] if info else ""
+    return canonical or name
 
 
 def _check(servers: list[ServerOptions], dumping: bool, warnings: list[str]) -> None:
@@ -395,21 +386,21 @@ def _check(servers: list[ServerOptions], dumping: bool, warnings: list[str]) -> 
             if considered:
                 idle = idle or user.idle
                 mailboxes += max(1, len(user.mailboxes))
-        for user in server.users:
-            if user.lmtp:
-                for host in user.smtphunt:
-                    if host.startswith("/"):
-                        continue
-                    _, slash, listener_port = host.rpartition("/")
-                    default_port = listener_port in ("smtp", "25") or _port_of(listener_port) == 25
-                    if not slash or default_port:
-                        raise ConfigError(
-                            f"{server.pollname} configuration invalid, LMTP can't use default "
-                            "SMTP port"
-                        )
+            if user.lmtp and any(_is_smtp_port(host) for host in user.smtphunt):
+                raise ConfigError(
+                    f"{server.pollname} configuration invalid, LMTP can't use default SMTP port"
+                )
     if idle and mailboxes > 1:
         # one IDLE connection watches one folder of one account: fetchmail refuses more
         raise ConfigError("Error: idle mode does not work for multiple folders or accounts!")
+
+
+def _is_smtp_port(host: str) -> bool:
+    """True if an smtphost entry would reach port 25: no `/port`, or `/25`, or `/smtp`."""
+    if host.startswith("/"):  # a socket path
+        return False
+    _, slash, port = host.rpartition("/")
+    return not slash or port in ("smtp", "25") or _port_of(port) == 25
 
 
 def _port_of(service: str) -> int:

@@ -46,7 +46,10 @@ _BOOL, _INT, _STR, _STRS, _INTS, _NAMES, _ENVELOPE = (
     "a list of names or [remote, local] pairs",
     "a string, or false for no envelope",
 )
-_NOT_KEYS = {"users", "active", "selected", "line", "pollname"}
+# Model fields that are derived, not written by the user.
+_NOT_KEYS = {
+    "users", "active", "selected", "line", "pollname", "smtphunt_default", "fetchdomains_default"
+}
 
 
 def _kinds(cls: type[Any]) -> dict[str, str]:
@@ -71,7 +74,7 @@ def _kinds(cls: type[Any]) -> dict[str, str]:
 
 
 GLOBAL_KEYS = _kinds(GlobalOptions)
-SERVER_KEYS = {**_kinds(ServerOptions), "envelope": _ENVELOPE, "kpop": _BOOL}
+SERVER_KEYS = {**_kinds(ServerOptions), "envelope": _ENVELOPE}
 USER_KEYS = _kinds(UserOptions)
 
 
