@@ -250,7 +250,8 @@ class _State(enum.Enum):
 # The keywords, as whole words. A keyword rule that matches only a prefix of a word always loses
 # to the generic string rule, which matches the whole word, so a dictionary lookup of the whole
 # word is exactly flex's longest-match choice. Value: (kind, canonical value, new state or None).
-_Rule = tuple["T", str, "_State | None", str]  # kind, value, new state, source text
+# kind (None for a noise word), value, new state, source text
+_Rule = tuple["T | None", str, "_State | None", str]
 _AUTH_TYPES = {
     "any": "any",
     "gssapi": "gssapi",
@@ -395,7 +396,7 @@ _NOISE = frozenset(w.encode() for w in ("with", "and", "has", "wants", "options"
 
 def _build_rules() -> tuple[dict[bytes, _Rule], dict[bytes, _Rule]]:
     """Word -> rule, for the INITIAL and the AUTH states (NAME state has no keywords)."""
-    rules: dict[bytes, tuple[T, str, _State | None]] = {}
+    rules: dict[bytes, tuple[T | None, str, _State | None]] = {}
     for word, kind in _SIMPLE.items():
         rules[word.encode()] = (kind, KEYWORD_NAMES[kind], None)
     for word, kind in _TO_NAME.items():
@@ -413,17 +414,26 @@ def _build_rules() -> tuple[dict[bytes, _Rule], dict[bytes, _Rule]]:
         rules[password_word] = (T.PASSWORD, "password", _State.NAME)
         auth_rules.pop(password_word, None)
     auth_rules[b"password"] = (T.AUTHTYPE, "password", _State.INITIAL)
+    for table in (rules, auth_rules):
+        for noise in _NOISE:
+            table[noise] = (None, "", None)
+        for fused in _FUSED_NO:  # scanned as `no`; the scanner then reads the rest again
+            table[fused] = (T.NO, "no", None)
     return _with_text(rules), _with_text(auth_rules)
 
 
-def _with_text(rules: dict[bytes, tuple[T, str, _State | None]]) -> dict[bytes, _Rule]:
-    return {word: (*rule, word.decode()) for word, rule in rules.items()}
+def _with_text(rules: dict[bytes, tuple[T | None, str, _State | None]]) -> dict[bytes, _Rule]:
+    # a fused negation's text is `no`, as fetchmail's yytext is after yyless(2)
+    return {
+        word: (*rule, "no" if rule[1] == "no" else word.decode()) for word, rule in rules.items()
+    }
 
 
 _RULES, _AUTH_RULES = _build_rules()
 
 # One step of the scanner: blanks, a newline, punctuation, `=`, or a word as flex's generic
 # string rule sees it (anything up to white space or `=;:,`).
+_SPECIAL_STARTS = frozenset(b"#\\\"'")
 _STEP = re.compile(rb"[ \t\r]*(?:(\n)|([;:,])|(=)|([^=;:, \t\r\n]+)|$)")
 
 
@@ -507,6 +517,8 @@ def tokenize(data: bytes, path: str) -> list[Token]:
     emit = tokens.append
     # tuple.__new__ directly: NamedTuple's own constructor adds a Python-level call per token
     new = tuple.__new__
+    string, name_state, auth_state = T.STRING, _State.NAME, _State.AUTH
+    rules, auth_rules = _RULES, _AUTH_RULES
     state = _State.INITIAL
     line = 1
     pos, n = 0, len(data)
@@ -516,7 +528,7 @@ def tokenize(data: bytes, path: str) -> list[Token]:
         assert m is not None  # the alternatives cover every byte, and the end
         group = m.lastindex
         if group == 4:  # a word: the common case first
-            pos = m.start(4)
+            pos, word_end = m.span(4)
         elif group == 1:  # newline
             line += 1
             pos = m.end()
@@ -526,67 +538,65 @@ def tokenize(data: bytes, path: str) -> list[Token]:
             continue
         elif group == 3:  # "="
             emit(new(Token, (T.MAP, "=", "=", line)))
-            state = _State.NAME
+            state = name_state
             pos = m.end()
             continue
         else:  # trailing blanks
             break
 
-        word_end = m.end()
-        raw_word = m.group(4)
+        raw_word = data[pos:word_end]
         ch = raw_word[0]
-        if ch == 0x23:  # "#": a comment, when a newline ends it
-            eol = data.find(b"\n", pos)
-            if eol >= 0:
-                pos = eol  # the newline itself is counted above
-                continue
-        elif ch == 0x5C and word_end == pos + 1 and data[word_end : word_end + 1] == b"\n":
-            line += 1  # backslash-newline between tokens
-            pos += 2
-            continue
-        elif ch in b"\"'":
-            close = data.find(raw_word[:1], pos + 1)
-            if close < 0:
-                raise RcSyntaxError(path, line, "unterminated quoted string", _decode(raw_word))
-            # a quoted string loses only to a longer unquoted word such as `"a"b`
-            if close + 1 >= word_end:
-                raw = data[pos + 1 : close]
-                text = data[pos : close + 1].decode("utf-8", "surrogateescape")
-                value = text[1:-1] if b"\\" not in raw else _decode(unescape(raw))
-                emit(new(Token, (T.STRING, value, text, line)))
-                line += raw.count(b"\n")
-                state = _State.INITIAL
-                pos = close + 1
-                continue
+        if ch in _SPECIAL_STARTS:
+            if ch == 0x23:  # "#": a comment, when a newline ends it
+                eol = data.find(b"\n", pos)
+                if eol >= 0:
+                    pos = eol  # the newline itself is counted above
+                    continue
+            elif ch == 0x5C:
+                if word_end == pos + 1 and data[word_end : word_end + 1] == b"\n":
+                    line += 1  # backslash-newline between tokens
+                    pos += 2
+                    continue
+            else:  # a quote
+                close = data.find(raw_word[:1], pos + 1)
+                if close < 0:
+                    raise RcSyntaxError(path, line, "unterminated quoted string", _decode(raw_word))
+                # a quoted string loses only to a longer unquoted word such as `"a"b`
+                if close + 1 >= word_end:
+                    raw = data[pos + 1 : close]
+                    text = data[pos : close + 1].decode("utf-8", "surrogateescape")
+                    value = text[1:-1] if b"\\" not in raw else _decode(unescape(raw))
+                    emit(new(Token, (string, value, text, line)))
+                    line += raw.count(b"\n")
+                    state = _State.INITIAL
+                    pos = close + 1
+                    continue
 
         pos = word_end
         if word_end == n and raw_word[-1] == 0x5C and _ends_in_lone_backslash(raw_word):
             raise RcSyntaxError(path, line, "backslash at end of file", _decode(raw_word))
-        if state is _State.NAME:
-            text = raw_word.decode("utf-8", "surrogateescape")
-            value = text if b"\\" not in raw_word else _decode(unescape(raw_word))
-            emit(new(Token, (T.STRING, value, text, line)))
-            state = _State.INITIAL
-            continue
-        if raw_word in _FUSED_NO:  # fetchmail's yyless(2): return `no`, then rescan the rest
-            emit(new(Token, (T.NO, "no", "no", line)))
-            pos = word_end - len(raw_word) + 2
-            continue
-        if raw_word in _NOISE:
-            continue
-        rule = (_AUTH_RULES if state is _State.AUTH else _RULES).get(raw_word)
-        if rule is not None:
-            kind, value, new_state, text = rule
-            emit(new(Token, (kind, value, text, line)))
-            if new_state is not None:
-                state = new_state
-            continue
+        if state is not name_state:
+            rule = (auth_rules if state is auth_state else rules).get(raw_word)
+            if rule is not None:
+                kind, value, new_state, text = rule
+                if kind is None:  # a noise word
+                    continue
+                emit(new(Token, (kind, value, text, line)))
+                if new_state is not None:
+                    state = new_state
+                if value == "no" and len(raw_word) > 2:
+                    # a fused negation: fetchmail's yyless(2) gives `no`, then rescans the rest
+                    pos = word_end - len(raw_word) + 2
+                continue
         text = raw_word.decode("utf-8", "surrogateescape")
-        body = raw_word[1:] if raw_word[0] == 0x2D else raw_word  # "-"
-        if body.isdigit():
-            emit(new(Token, (T.NUMBER, _c_int(raw_word), text, line)))
-            continue
+        if state is name_state:
+            state = _State.INITIAL
+        else:
+            body = raw_word[1:] if raw_word[0] == 0x2D else raw_word  # "-"
+            if body.isdigit():
+                emit(new(Token, (T.NUMBER, _c_int(raw_word), text, line)))
+                continue
         value = text if b"\\" not in raw_word else _decode(unescape(raw_word))
-        emit(new(Token, (T.STRING, value, text, line)))
+        emit(new(Token, (string, value, text, line)))
     emit(new(Token, (T.EOF, None, "end of input", line)))
     return tokens
