@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from fetcher import rcfile, tomlconfig
@@ -111,4 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(err.message)
         return err.exit_code
     except KeyboardInterrupt:
+        return ExitCode.UNDEFINED
+    except Exception as err:  # a bug in pyfetch: say where, with fetchmail's "internal" code
+        # The exception's own text is left out: it could quote a password.
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+        _report(f"internal error ({type(err).__name__} at {where}); please report it.")
+        if os.environ.get("PYFETCH_DEBUG"):
+            traceback.print_exception(err)
         return ExitCode.UNDEFINED

@@ -269,3 +269,18 @@ def test_missing_home_directory_exits_23(home: Path, variable: str, what: str) -
     result = pyfetch("--configdump", home=home, env={variable: str(home / "missing")})
     assert result.returncode == 23
     assert result.stderr == f"pyfetch: Cannot find absolute path for {what}.\n"
+
+
+def test_a_bug_ends_with_exit_23_and_no_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fetcher import cli
+
+    def broken(_cmd: object) -> None:
+        raise ValueError("password hunter2 leaked")
+
+    monkeypatch.setattr(cli, "run", broken)
+    assert cli.main(["-V"]) == 23
+    err = capsys.readouterr().err
+    assert err.startswith("pyfetch: internal error (ValueError at test_cli.py:")
+    assert "hunter2" not in err
