@@ -199,26 +199,42 @@ def _describe_account(
         add("  Spam-blocking disabled")
     if user.preconnect is not None:
         add(f'  Server connection will be brought up with "{visible(user.preconnect)}".')
+    elif verbose:
+        add("  No pre-connection command.")
     if user.postconnect is not None:
         add(f'  Server connection will be taken down with "{visible(user.postconnect)}".')
+    elif verbose:
+        add("  No post-connection command.")
     if mailbox:
         out.extend(_describe_local_names(server, user, verbose))
     if server.interface:
         add(f"  Connection must be through interface {server.interface}.")
+    elif verbose:
+        add("  No interface requirement specified.")
     if server.monitor:
         add(f"  Polling loop will monitor {server.monitor}.")
+    elif verbose:
+        add("  No monitor interface specified.")
     if server.plugin:
         add(f"  Server connections will be made via plugin {server.plugin}"
             f" (--plugin {server.plugin}).")
+    elif verbose:
+        add("  No plugin command specified.")
     if server.plugout:
         add(f"  Listener connections will be made via plugout {server.plugout}"
             f" (--plugout {server.plugout}).")
+    elif verbose:
+        add("  No plugout command specified.")
     if mailbox and server.protocol not in ("auto", "POP2"):
         add("  No UIDs saved from this host.")  # the UID store comes with retrieval
     if server.tracepolls:
         add("  Poll trace information will be added to the Received header.")
+    elif verbose:
+        add("  No poll trace information will be added to the Received header.")
     if server.badheader:
         add("  Messages with bad headers will be passed on.")
+    elif verbose:
+        add("  Messages with bad headers will be rejected.")
     if user.properties is not None:
         add(f'  Pass-through properties "{visible(user.properties)}".')
     return out
@@ -270,32 +286,30 @@ def _describe_retrieval(user: UserOptions, config: Config, verbose: int) -> list
                 f" (--warnings {user.warnings}).")
         elif verbose:
             add("  Size warnings on every poll (--warnings 0).")
-    if user.fetchlimit:
-        add(f"  Received-message limit is {user.fetchlimit} (--fetchlimit {user.fetchlimit}).")
-    elif verbose:
-        add("  No received-message limit (--fetchlimit 0).")
-    if user.fetchsizelimit:
-        add(f"  Fetch message size limit is {user.fetchsizelimit}"
-            f" (--fetchsizelimit {user.fetchsizelimit}).")
-    elif verbose:
-        add("  No fetch message size limit (--fetchsizelimit 0).")
-    if user.fastuidl == 1:
-        add("  Do binary search of UIDs during each poll (--fastuidl 1).")
-    elif user.fastuidl:
-        add(f"  Do binary search of UIDs during {user.fastuidl - 1} out of {user.fastuidl}"
-            f" polls (--fastuidl {user.fastuidl}).")
-    elif verbose:
-        add("   Do linear search of UIDs during each poll (--fastuidl 0).")
-    if user.batchlimit:
-        add(f"  SMTP message batch limit is {user.batchlimit}.")
-    elif verbose:
-        add("  No SMTP message batch limit (--batchlimit 0).")
-    if user.expunge:
-        add(f"  Deletion interval between expunges forced to {user.expunge}"
-            f" (--expunge {user.expunge}).")
-    elif verbose:
-        add("  No forced expunges (--expunge 0).")
+    for field, when_set, when_unset in _LIMIT_SENTENCES:
+        value = getattr(user, field)
+        if field == "fastuidl" and value == 1:
+            add("  Do binary search of UIDs during each poll (--fastuidl 1).")
+        elif value:
+            add(when_set.format(v=value, fewer=value - 1))
+        elif verbose:
+            add(when_unset)
     return out
+
+
+# (field, sentence when set, sentence in verbose mode when 0), in fetchmail's order
+_LIMIT_SENTENCES = [
+    ("fetchlimit", "  Received-message limit is {v} (--fetchlimit {v}).",
+     "  No received-message limit (--fetchlimit 0)."),
+    ("fetchsizelimit", "  Fetch message size limit is {v} (--fetchsizelimit {v}).",
+     "  No fetch message size limit (--fetchsizelimit 0)."),
+    ("fastuidl", "  Do binary search of UIDs during {fewer} out of {v} polls (--fastuidl {v}).",
+     "   Do linear search of UIDs during each poll (--fastuidl 0)."),
+    ("batchlimit", "  SMTP message batch limit is {v}.",
+     "  No SMTP message batch limit (--batchlimit 0)."),
+    ("expunge", "  Deletion interval between expunges forced to {v} (--expunge {v}).",
+     "  No forced expunges (--expunge 0)."),
+]
 
 
 def _describe_local_names(server: ServerOptions, user: UserOptions, verbose: int) -> list[str]:
