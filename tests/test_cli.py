@@ -112,6 +112,9 @@ def test_version_skips_the_permission_check_and_explains(home: Path) -> None:
     assert "  Protocol is POP3." in result.stdout
     assert "  Single-drop mode: 1 local name recognized." in result.stdout
     assert "hidden" not in result.stdout + result.stderr  # never the password
+    verbose = pyfetch("-V", "-v", home=home)
+    assert '  Password = "*".' in verbose.stdout
+    assert "hidden" not in verbose.stdout + verbose.stderr
 
 
 def test_missing_rcfile_means_no_servers(home: Path) -> None:
