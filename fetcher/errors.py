@@ -78,3 +78,31 @@ class AuthenticationError(RemoteError):
 
 class ProtocolError(RemoteError):
     exit_code = ExitCode.PROTOCOL
+
+
+class LockBusyError(RemoteError):
+    """The server says the mailbox is locked by another session (exit 9)."""
+
+    exit_code = ExitCode.LOCKBUSY
+
+
+class TLSError(ServerConnectionError):
+    """TLS could not be set up as required, or the certificate did not verify (exit 2)."""
+
+
+class ListenerUnavailableError(LocalError, ConnectionError):
+    """No SMTP/LMTP listener of the hunt list answered (exit 10)."""
+
+    exit_code = ExitCode.SMTP
+
+
+class BsmtpError(LocalError):
+    """The BSMTP file could not be opened or written (exit 12)."""
+
+    exit_code = ExitCode.BSMTP
+
+
+class HookError(LocalError):
+    """A preconnect or postconnect command failed (exit 5)."""
+
+    exit_code = ExitCode.SYNTAX

@@ -1,0 +1,1 @@
+"""Mailbox drivers: POP3 (poplib) and IMAP (imapclient) behind one interface."""

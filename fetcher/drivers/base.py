@@ -1,0 +1,48 @@
+"""What the session asks of a mailbox driver. Drivers never decide policy: `plan` does.
+
+Drivers are blocking (poplib, imapclient); the session runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """One message in the listing: its number in this session, size in octets, and UID."""
+
+    number: int
+    size: int
+    uid: str | None  # None when the server has no UIDL
+
+
+class MailboxDriver(Protocol):
+    """One connection to one mailbox. Every call may raise a fetcher.errors.RemoteError."""
+
+    protocol: str  # "POP3", "IMAP": for messages and the Received header
+    peer_address: str | None  # the server's IP address once connected, for Received
+
+    def connect(self) -> None:
+        """Open the connection, read the greeting, negotiate TLS as configured."""
+
+    def login(self) -> None:
+        """Authenticate; AuthenticationError (exit 3) on a refusal, LockBusyError (exit 9)."""
+
+    def list_messages(self) -> list[MessageInfo]:
+        """All messages in the mailbox, in server order, with sizes and UIDs if available."""
+
+    def retrieve(self, number: int, out: BinaryIO, *, peek: bool) -> int:
+        """Write message `number` to `out` as the server holds it: CRLF line ends, dot-stuffing
+        removed. `peek` asks not to mark it read on the server (POP3 TOP instead of RETR).
+        Returns the octets written."""
+
+    def delete(self, number: int) -> None:
+        """Mark message `number` for deletion; it is gone only after `commit()`."""
+
+    def commit(self) -> None:
+        """End the session cleanly so that deletions take effect (POP3 QUIT)."""
+
+    def close(self) -> None:
+        """Drop the connection without committing (after an error). Never raises."""

@@ -1,0 +1,56 @@
+"""What a sink promises: a Delivery that says ACCEPTED, TEMPFAIL or PERMFAIL, nothing else.
+
+Only ACCEPTED lets the session delete a message on the server (DESIGN.md rule 1). Sinks never
+know about servers or UIDs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"  # the MTA took responsibility (250 after DATA, MDA exit 0)
+    TEMPFAIL = "tempfail"  # try again later: 4xx, lost connection, MDA exit 75
+    PERMFAIL = "permfail"  # refused for good: 5xx, MDA exit status other than 0 and 75
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str  # the MAIL FROM address without <>; "" for the null sender
+    recipients: list[str]  # RCPT TO addresses without <>
+    size: int  # octets, for SIZE=
+    eight_bit: bool = False  # the message needs BODY=8BITMIME
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message ready to hand over: the edited header block, and the body as a file.
+
+    `header` holds the header lines with CRLF line ends and the blank line that ends them;
+    `body` is positioned at the first body byte and holds CRLF lines, not dot-stuffed.
+    """
+
+    header: bytes
+    body: BinaryIO
+
+
+@dataclass(frozen=True)
+class Delivery:
+    outcome: Outcome
+    reply: str = ""  # the listener's last reply, "250 2.0.0 Ok: queued as X", or MDA status
+    refused: dict[str, str] = field(default_factory=dict)  # recipient -> reply, if any refused
+    antispam: bool = False  # refused with one of the `antispam` codes
+
+
+class Sink(Protocol):
+    """Opened lazily at the first message of a poll and reused until `close()`."""
+
+    async def deliver(self, envelope: Envelope, message: Message) -> Delivery:
+        """Hand over one message. Raises ListenerUnavailableError (exit 10) when no listener
+        of the hunt list answers, BsmtpError (exit 12) when the BSMTP file cannot be opened."""
+
+    async def close(self) -> None:
+        """QUIT and close; never raises."""
