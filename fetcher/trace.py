@@ -1,0 +1,37 @@
+"""The -v protocol trace, in fetchmail's format: `pyfetch: POP3> USER bob`, `POP3> PASS *`.
+
+Every driver and sink writes its dialogue through `sent()` and `received()`. A secret (the
+password, an OAuth token, a base64 AUTH blob) is replaced by `*` before anything is written, as
+fetchmail does, so no log can hold it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+TRACE_LOGGER = "pyfetch.trace"
+_log = logging.getLogger(TRACE_LOGGER)
+
+
+def enabled() -> bool:
+    return _log.isEnabledFor(logging.INFO)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every occurrence of each non-empty secret replaced by `*`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "*")
+    return text
+
+
+def sent(protocol: str, line: str, *secrets: str | None) -> None:
+    """A command we sent, e.g. sent("POP3", "PASS hunter2", "hunter2") -> `POP3> PASS *`."""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info("%s> %s", protocol, redact(line, *secrets))
+
+
+def received(protocol: str, line: str, *secrets: str | None) -> None:
+    """A reply line we received, e.g. `POP3< +OK Logged in.`"""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info("%s< %s", protocol, redact(line, *secrets))
