@@ -1,0 +1,87 @@
+"""The seen-UID file: fetchmail's format, and nothing re-delivered after a crash."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fetcher.errors import PermissionsError
+from fetcher.uidstore import UidStore, account_key
+
+KEY = account_key("bob", "mail.isp.net")
+
+
+def store(path: Path) -> UidStore:
+    s = UidStore(str(path))
+    s.load()
+    return s
+
+
+def test_reads_and_keeps_fetchmails_format(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    ids.write_text("bob@mail.isp.net uid-aaa\nbob@mail.isp.net uid-bbb\nann@other.net x y z\n")
+    ids.chmod(0o600)
+    s = store(ids)
+    assert s.seen(KEY) == {"uid-aaa", "uid-bbb"}
+    assert s.seen("ann@other.net") == {"x y z"}  # the key ends at the first space after @
+    s.record(KEY, "uid-ccc", delete_pending=False)
+    s.expunged(KEY, {"uid-aaa"})
+    s.save()
+    assert ids.read_text() == (
+        "bob@mail.isp.net uid-bbb\nbob@mail.isp.net uid-ccc\nann@other.net x y z\n"
+    )
+    assert ids.stat().st_mode & 0o777 == 0o600
+    assert not Path(str(ids) + ".journal").exists()
+
+
+def test_empty_store_removes_the_file(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    ids.write_text("bob@mail.isp.net u1\n")
+    ids.chmod(0o600)
+    s = store(ids)
+    s.expunged(KEY, {"u1"})
+    s.save()
+    assert not ids.exists()
+
+
+def test_a_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    ids.write_text("bob@mail.isp.net u1\n")
+    ids.chmod(0o644)
+    with pytest.raises(PermissionsError):
+        store(ids)
+
+
+def test_deliveries_survive_a_kill_before_save(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    # a separate process records two deliveries and is killed without saving
+    script = (
+        "import os, sys; sys.path.insert(0, sys.argv[2]);"
+        "from fetcher.uidstore import UidStore;"
+        "s = UidStore(sys.argv[1]); s.load();"
+        "s.record('bob@mail.isp.net', 'u1', delete_pending=True);"
+        "s.record('bob@mail.isp.net', 'u2', delete_pending=False);"
+        "os.kill(os.getpid(), 9)"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, "-c", script, str(ids), root], check=False)
+    assert result.returncode == -9
+    s = store(ids)
+    assert s.delivered(KEY) == {"u1"}
+    assert s.seen(KEY) == {"u1", "u2"}
+    s.save()
+    # fetchmail would see both as fetched; the pending deletion stays in the journal
+    assert ids.read_text() == "bob@mail.isp.net u1\nbob@mail.isp.net u2\n"
+    assert store(ids).delivered(KEY) == {"u1"}
+
+
+def test_torn_journal_line_is_ignored(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    journal = Path(str(ids) + ".journal")
+    journal.write_text("delivered bob@mail.isp.net u1\ndeliv")
+    os.chmod(journal, 0o600)
+    assert store(ids).delivered(KEY) == {"u1"}
