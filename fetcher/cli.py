@@ -21,6 +21,8 @@ from fetcher.exitcodes import ExitCode
 from fetcher.features import unsupported
 from fetcher.gcpause import paused_gc
 from fetcher.options import HELP_TEXT, CommandLine, UsageError, parse_args
+from fetcher.report import Reporter
+from fetcher.runner import poll_all, setup_trace
 
 PROG = "pyfetch"
 
@@ -87,8 +89,9 @@ def _run(cmd: CommandLine) -> ExitCode:
             _report(problem)
         return ExitCode.SYNTAX
     resolve_passwords(config, env.netrc_path)
-    _report("polling is not available in this release yet; nothing was fetched.")
-    return ExitCode.UNDEFINED
+    setup_trace(cmd.verbose)
+    reporter = Reporter(verbose=cmd.verbose, silent=cmd.silent)
+    return poll_all(config, reporter, check_only=cmd.check)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,8 @@ sys.path.insert(0, str(TESTS))  # for `reference`
 
 from reference import fetchmail_available  # noqa: E402
 
+pytest_plugins = ["servers.fixtures"]  # real Dovecot, SMTP/LMTP and Postfix servers
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -13,8 +13,8 @@ from typing import BinaryIO, Protocol
 
 class Outcome(enum.Enum):
     ACCEPTED = "accepted"  # the MTA took responsibility (250 after DATA, MDA exit 0)
-    TEMPFAIL = "tempfail"  # try again later: 4xx, lost connection, MDA exit 75
-    PERMFAIL = "permfail"  # refused for good: 5xx, MDA exit status other than 0 and 75
+    TEMPFAIL = "tempfail"  # try again later: 4xx, lost connection, any MDA failure
+    PERMFAIL = "permfail"  # refused for good: 5xx (kept anyway unless `no softbounce`)
 
 
 @dataclass(frozen=True)

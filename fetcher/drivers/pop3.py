@@ -1,0 +1,630 @@
+"""The POP3 driver: poplib for the connection, our own dialogue on top of it.
+
+poplib opens the socket, wraps it for implicit TLS and reads the greeting. The dialogue itself
+is written here, on poplib's socket and file, because poplib:
+- checks no certificate unless handed a context (ours comes from fetcher.tls);
+- keeps a whole RETR in a list, and refuses lines over 2048 octets (`_MAXLINE`), while real
+  mail has lines far longer; we stream each line to the caller's file, up to MAX_LINE;
+- reads CAPA again inside `stls()`, and traces to stdout instead of our -v trace.
+
+Order of a session (fetchmail's, minus LAST):
+greeting, CAPA, STLS per TlsMode, CAPA again over TLS, authentication, STAT, LIST, UIDL,
+then TOP/RETR, DELE, QUIT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import io
+import os
+import poplib
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from fetcher import tls, trace
+from fetcher.drivers.base import MessageInfo
+from fetcher.errors import (
+    AuthenticationError,
+    ConfigError,
+    CredentialsError,
+    LockBusyError,
+    ProtocolError,
+    RemoteError,
+    ServerConnectionError,
+    ServerTimeoutError,
+    TLSError,
+    UnsupportedFeatureError,
+)
+from fetcher.exitcodes import ExitCode
+from fetcher.model import ServerOptions, UserOptions
+
+PROTO = "POP3"
+DEFAULT_PORT = 110
+DEFAULT_SSL_PORT = 995
+# `timeout 0` would mean "wait forever" in fetchmail; a poll that can hang forever is the bug of
+# CVE-2011-1947, so 0 (or a negative value) falls back to fetchmail's default instead.
+DEFAULT_TIMEOUT = 300
+MAX_LINE = 1024 * 1024  # longest message line accepted, without its CRLF
+MAX_REPLY_LINE = 8192  # longest status or listing line (RFC 2449 allows only 512)
+MAX_CAPA_LINES = 1000  # a CAPA listing longer than this is not a POP3 server talking
+MAX_UID = 512  # RFC 1939 says 70; some servers exceed it, none by this much (CVE-2005-2335)
+TOP_ALL_LINES = 99999999  # fetchmail's TOP n 99999999: the whole message, but not marked seen
+FORCE_RETR_ENV = "FETCHMAIL_POP3_FORCE_RETR"  # fetchmail: set at all, even empty, means RETR
+_FORBIDDEN_IN_COMMANDS = ("\r", "\n", "\0")
+
+
+class ConnectFactory(Protocol):
+    """Opens a POP3 connection and reads the greeting; tests pass their own.
+
+    With a context, TLS is negotiated before the greeting (implicit TLS, port 995).
+    """
+
+    def __call__(
+        self, host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+    ) -> poplib.POP3: ...
+
+
+class _Pop3Connection(poplib.POP3):
+    """poplib.POP3 with TCP_NODELAY, our TLS context, and no socket leak on a bad greeting."""
+
+    def __init__(
+        self, host: str, port: int, timeout: float, context: ssl.SSLContext | None
+    ) -> None:
+        self._context = context
+        try:
+            super().__init__(host, port, timeout)
+        except BaseException:
+            _close_quietly(self)
+            raise
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout)
+        try:
+            # Commands are short and each waits for its reply: Nagle only adds latency.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._context is not None:
+                # The socket's timeout also bounds the handshake (CVE-2011-1947).
+                return self._context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def open_connection(
+    host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+) -> poplib.POP3:
+    """The default ConnectFactory."""
+    return _Pop3Connection(host, port, timeout, context)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A POP3 status line: +OK (ok) or -ERR, with the text after the status word."""
+
+    ok: bool
+    text: str
+    line: str
+
+
+_APOP_ATOM = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_APOP_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_APOP_LITERAL = r"\[(?:[\x20-\x5a\x5e-\x7e]|\\[\x20-\x7e])*\]"
+_APOP_WORD = rf"(?:{_APOP_ATOM}|{_APOP_QUOTED})"
+_APOP_SUBDOMAIN = rf"(?:{_APOP_ATOM}|{_APOP_LITERAL})"
+# An RFC 822 msg-id in printable ASCII, which is what fetchmail's rfc822_valid_msgid() demands of
+# an APOP challenge since 6.3.8: the MD5 collision attack on APOP (CVE-2007-1558) needs
+# challenges that are not valid msg-ids.
+_APOP_MSGID = re.compile(
+    rf"<{_APOP_WORD}(?:\.{_APOP_WORD})*@{_APOP_SUBDOMAIN}(?:\.{_APOP_SUBDOMAIN})*>"
+)
+
+
+def apop_timestamp(greeting: str) -> str:
+    """The APOP challenge in a greeting, checked as strictly as fetchmail does (exit 3)."""
+    start = greeting.find("<")
+    if start < 0:
+        raise AuthenticationError("Required APOP timestamp not found in greeting")
+    end = greeting.find(">", start)
+    if end < 0 or end == start + 1:
+        raise AuthenticationError("Timestamp syntax error in greeting")
+    stamp = greeting[start : end + 1]
+    if not _APOP_MSGID.fullmatch(stamp):
+        raise AuthenticationError("Invalid APOP timestamp.")
+    return stamp
+
+
+def _is_lock_busy(text: str) -> bool:
+    # fetchmail's pop3_ok(): "lock busy", "unable to lock", "wait a few minutes" and RFC 2449's
+    # response codes all mean another session holds the mailbox, not a bad password.
+    return any(s in text for s in ("lock", "Lock", "LOCK", "wait", "[IN-USE]", "[LOGIN-DELAY]"))
+
+
+def _is_server_busy(text: str) -> bool:
+    return ("Service" in text or "service" in text) and "unavailable" in text
+
+
+def _close_quietly(conn: poplib.POP3) -> None:
+    # poplib.close() needs both attributes; a failed constructor may have set neither.
+    for name in ("file", "sock"):
+        thing = getattr(conn, name, None)
+        if thing is not None:
+            with contextlib.suppress(OSError):
+                thing.close()
+
+
+class Pop3Driver:
+    """A MailboxDriver for POP3 and APOP (see fetcher.drivers.base for the contract)."""
+
+    protocol = PROTO
+
+    def __init__(
+        self,
+        server: ServerOptions,
+        user: UserOptions,
+        *,
+        connect_factory: ConnectFactory | None = None,
+    ) -> None:
+        self.server = server
+        self.user = user
+        self.host = server.queryname  # where we connect, and the name the certificate must carry
+        self.label = server.pollname or self.host  # how fetchmail names the server in messages
+        self.timeout = server.timeout if server.timeout > 0 else DEFAULT_TIMEOUT
+        self.tls_mode = tls.tls_mode(user)
+        self.peer_address: str | None = None
+        self.greeting = ""
+        self.capabilities: dict[str, tuple[str, ...]] = {}  # CAPA name (upper case) -> arguments
+        self.capa_supported = False  # CAPA answered +OK
+        self.tls_active = False
+        self.port: int | None = None
+        self._connect_factory: ConnectFactory = connect_factory or open_connection
+        self._conn: poplib.POP3 | None = None
+        self._context: tls.ClientContext | None = None
+
+    # -- MailboxDriver -------------------------------------------------------------------
+
+    def connect(self) -> None:
+        port = self._resolve_port()
+        self.port = port
+        if self.tls_mode is tls.TlsMode.IMPLICIT:
+            self._open(port, self._tls_context())
+            self.tls_active = True
+        else:
+            self._open(port, None)
+        self._probe_capabilities()
+        if self.tls_mode in (tls.TlsMode.STARTTLS, tls.TlsMode.OPPORTUNISTIC):
+            self._starttls(port)
+
+    def login(self) -> None:
+        self._require_connection()
+        if self.tls_mode.required and not self.tls_active:
+            # connect() already refused; this guards a caller that ignored its exception.
+            raise TLSError(f"{self.label}: upgrade to TLS failed.")
+        auth = self.server.auth
+        if self.server.protocol.upper() == "APOP":
+            # `proto APOP` forces APOP whatever `auth` says, as in fetchmail.
+            self._apop()
+        elif auth == "ssh":
+            # fetchmail sends no credentials with `auth ssh`: the tunnel authenticated us.
+            return
+        elif auth == "cram-md5":
+            self._cram_md5(may_fall_back=False)
+        elif auth == "any":
+            # The strongest method offered first; fetchmail falls back after a refused AUTH.
+            if "CRAM-MD5" in self._sasl_mechanisms() and self._cram_md5(may_fall_back=True):
+                return
+            self._user_pass()
+        elif auth == "password":
+            self._user_pass()
+        else:
+            raise UnsupportedFeatureError(
+                f"{self.label}: authentication '{auth}' is not supported for POP3"
+            )
+
+    def list_messages(self) -> list[MessageInfo]:
+        reply = self._expect_ok("STAT")
+        count = self._parse_counts(reply.text, "STAT")[0]
+        if count == 0:
+            return []
+        # One LIST for all sizes instead of fetchmail's LIST n per message: one round trip.
+        self._expect_ok("LIST")
+        sizes: dict[int, int] = {}
+        for line in self._read_listing(max_lines=count):
+            number, size = self._parse_counts(line, "LIST")
+            if not 1 <= number <= count or number in sizes:
+                raise ProtocolError(f"{self.label}: bogus LIST line {line!r} for {count} messages")
+            sizes[number] = size
+        uids = self._uid_listing(count)
+        return [MessageInfo(n, sizes[n], uids.get(n)) for n in sorted(sizes)]
+
+    def retrieve(self, number: int, out: BinaryIO, *, peek: bool) -> int:
+        self._check_number(number)
+        if peek and self._top_usable():
+            command = f"TOP {number} {TOP_ALL_LINES}"
+        else:
+            command = f"RETR {number}"
+        reply = self._command(command)
+        if not reply.ok:
+            raise ProtocolError(f"{self.label}: {command} failed: {reply.text or reply.line}")
+        written = 0
+        # Trace the status line only: message contents never reach the log.
+        while True:
+            line = self._read_line(MAX_LINE, what=f"text of message {number}")
+            if line == b".":
+                return written
+            if line.startswith(b"."):
+                line = line[1:]  # dot-stuffing (RFC 1939 section 3)
+            chunk = line + b"\r\n"
+            out.write(chunk)
+            written += len(chunk)
+
+    def delete(self, number: int) -> None:
+        self._check_number(number)
+        self._expect_ok(f"DELE {number}")
+
+    def commit(self) -> None:
+        try:
+            self._expect_ok("QUIT")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                _close_quietly(conn)
+
+    # -- connection and TLS --------------------------------------------------------------
+
+    def _resolve_port(self) -> int:
+        service = self.server.service
+        if not service:
+            return DEFAULT_SSL_PORT if self.tls_mode is tls.TlsMode.IMPLICIT else DEFAULT_PORT
+        if service.isdigit():
+            port = int(service)
+            if 0 < port < 65536:
+                return port
+            raise ConfigError(f"{self.label}: service {service} is not a valid port number")
+        try:
+            return socket.getservbyname(service, "tcp")
+        except OSError as err:
+            raise ServerConnectionError(
+                f"connection to {self.host}:{service} failed: unknown service ({err})"
+            ) from err
+
+    def _tls_context(self) -> tls.ClientContext:
+        if self._context is None:
+            self._context = tls.client_context(self.user, self.host)
+        return self._context
+
+    def _open(self, port: int, context: ssl.SSLContext | None) -> None:
+        try:
+            conn = self._connect_factory(
+                self.host, port, timeout=float(self.timeout), context=context
+            )
+        except TLSError:
+            raise  # a pin mismatch, already worded
+        except TimeoutError as err:
+            raise self._timeout_error() from err
+        except ssl.SSLError as err:
+            reason = tls.describe_handshake_error(err, self.label)
+            raise TLSError(f"{self.label}: {reason}") from err
+        except poplib.error_proto as err:
+            raise self._greeting_error(err, port) from err
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise ServerConnectionError(
+                f"connection to {self.host}:{port} failed: {reason}"
+            ) from err
+        self._conn = conn
+        # A factory may hand us something that is not TCP; latency is all we would lose.
+        with contextlib.suppress(OSError, AttributeError):
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.peer_address = str(conn.sock.getpeername()[0])
+        except (OSError, AttributeError, IndexError, TypeError):
+            self.peer_address = None
+        self.greeting = conn.welcome.decode("utf-8", "replace")
+        trace.received(PROTO, self.greeting)
+
+    def _greeting_error(self, err: poplib.error_proto, port: int) -> RemoteError:
+        arg = err.args[0] if err.args else ""
+        if not isinstance(arg, bytes):
+            # poplib's own complaint, not the server's words: "-ERR EOF" or "line too long".
+            if "EOF" in str(arg):
+                return ServerConnectionError(
+                    f"connection to {self.host}:{port} lost: the server closed it before greeting"
+                )
+            return ProtocolError(f"{self.label}: bad greeting: {arg}")
+        text = arg.decode("utf-8", "replace")
+        trace.received(PROTO, text)
+        if text.startswith("-ERR"):
+            return self._refusal(text[4:].strip(), stage="greeting")
+        return ProtocolError(f"{self.label}: bad greeting: {text[:80]!r}")
+
+    def _starttls(self, port: int) -> None:
+        required = self.tls_mode is tls.TlsMode.STARTTLS
+        if not required and "STLS" not in self.capabilities:
+            return
+        # When TLS is required, send STLS even if CAPA did not offer it (fetchmail >= 6.3.19): a
+        # man in the middle who strips STLS from CAPA then gains nothing.
+        context = self._tls_context()
+        reply = self._command("STLS")
+        if not reply.ok:
+            if required:
+                raise TLSError(f"{self.label}: upgrade to TLS failed.")
+            return  # opportunistic: the server said no; the connection is still usable
+        conn = self._require_connection()
+        if self._plaintext_pending(conn):
+            # Bytes after "+OK" but before the handshake cannot come from an honest server: a
+            # man in the middle is injecting plaintext to be read as if it came over TLS.
+            self.close()
+            raise TLSError(f"{self.label}: upgrade to TLS failed: data injected before TLS")
+        try:
+            tls_sock = context.wrap_socket(conn.sock, server_hostname=self.host)
+        except TLSError as err:
+            self.close()
+            raise TLSError(f"{self.label}: upgrade to TLS failed: {err}") from err
+        except TimeoutError as err:
+            self.close()
+            raise self._timeout_error() from err
+        except OSError as err:  # ssl.SSLError included
+            self.close()
+            if required:
+                reason = (
+                    tls.describe_handshake_error(err, self.label)
+                    if isinstance(err, ssl.SSLError)
+                    else (err.strerror or str(err))
+                )
+                raise TLSError(f"{self.label}: upgrade to TLS failed: {reason}") from err
+            # Opportunistic: the failed handshake left the connection unusable. fetchmail then
+            # repolls with STARTTLS off; so do we, once, in this call.
+            self._open(port, None)
+            self._probe_capabilities()
+            return
+        old_file = conn.file
+        conn.sock = tls_sock
+        conn.file = tls_sock.makefile("rb")
+        with contextlib.suppress(OSError):
+            old_file.close()
+        self.tls_active = True
+        # RFC 2595: forget what was said in plaintext, an attacker may have edited it.
+        self._probe_capabilities()
+
+    @staticmethod
+    def _plaintext_pending(conn: poplib.POP3) -> bool:
+        reader = conn.file
+        if not isinstance(reader, io.BufferedReader):
+            return False  # not poplib's own file: nothing we can look into without blocking
+        timeout = conn.sock.gettimeout()
+        try:
+            conn.sock.settimeout(0.0)  # peek() must only report what is already there
+            return bool(reader.peek(1))
+        except OSError:
+            return False
+        finally:
+            conn.sock.settimeout(timeout)
+
+    def _probe_capabilities(self) -> None:
+        self.capabilities = {}
+        reply = self._command("CAPA")
+        self.capa_supported = reply.ok
+        if not reply.ok:
+            return  # an RFC 1939 server without CAPA: nothing is offered
+        for line in self._read_listing(max_lines=MAX_CAPA_LINES):
+            words = line.split()
+            if words:
+                self.capabilities[words[0].upper()] = tuple(words[1:])
+
+    def _sasl_mechanisms(self) -> set[str]:
+        return {m.upper() for m in self.capabilities.get("SASL", ())}
+
+    def _top_usable(self) -> bool:
+        if FORCE_RETR_ENV in os.environ:
+            return False
+        # TOP is optional (RFC 1939). Without CAPA we cannot know, so we try it, as fetchmail.
+        return not self.capa_supported or "TOP" in self.capabilities
+
+    # -- authentication --------------------------------------------------------------------
+
+    def _password(self) -> str:
+        if self.user.password is None:
+            raise CredentialsError(f"no password for {self.user.remote}@{self.label}")
+        return self.user.password
+
+    def _user_pass(self) -> None:
+        password = self._password()
+        self._auth_step(f"USER {self.user.remote}")
+        self._auth_step(f"PASS {password}", password)
+
+    def _apop(self) -> None:
+        password = self._password()
+        stamp = apop_timestamp(self.greeting)
+        digest = hashlib.md5((stamp + password).encode("utf-8")).hexdigest()
+        # The digest is as good as the password to an offline guesser: keep it out of the trace.
+        self._auth_step(f"APOP {self.user.remote} {digest}", password, digest)
+
+    def _cram_md5(self, *, may_fall_back: bool) -> bool:
+        """AUTH CRAM-MD5 (RFC 2195). False when refused and another method may be tried."""
+        password = self._password()
+        reply = self._command("AUTH CRAM-MD5")
+        if reply.ok:
+            raise ProtocolError(f"{self.label}: AUTH CRAM-MD5 accepted without a challenge")
+        if not reply.line.startswith("+"):
+            return self._auth_refused(reply, may_fall_back)
+        try:
+            challenge = base64.b64decode(reply.line[1:].strip(), validate=True)
+        except (binascii.Error, ValueError):
+            self._send("*")  # RFC 5034: cancel the exchange, then read its -ERR
+            return self._auth_refused(self._read_status(), may_fall_back)
+        mac = hmac.new(password.encode("utf-8"), challenge, hashlib.md5).hexdigest()
+        answer = base64.b64encode(f"{self.user.remote} {mac}".encode()).decode("ascii")
+        self._send(answer, answer)
+        final = self._read_status()
+        if final.ok:
+            return True
+        return self._auth_refused(final, may_fall_back)
+
+    def _auth_refused(self, reply: Reply, may_fall_back: bool) -> bool:
+        error = self._refusal(reply.text, stage="auth")
+        if may_fall_back and isinstance(error, AuthenticationError):
+            return False
+        raise error
+
+    def _auth_step(self, command: str, *secrets: str) -> None:
+        reply = self._command(command, *secrets)
+        if not reply.ok:
+            raise self._refusal(reply.text, stage="auth")
+
+    def _refusal(self, text: str, *, stage: str) -> RemoteError:
+        """The error for an -ERR before we are logged in, by fetchmail's reading of its text."""
+        text = trace.redact(text, self.user.password)
+        if _is_lock_busy(text):
+            return LockBusyError(f"{self.label}: lock busy! Is another session active? ({text})")
+        if _is_server_busy(text):
+            return RemoteError(f"{self.label}: server busy: {text}", ExitCode.SERVBUSY)
+        if stage == "greeting":
+            return ProtocolError(f"{self.label}: the server refused the connection: {text}")
+        return AuthenticationError(f"{self.label}: {text or 'authentication refused'}")
+
+    # -- listings ----------------------------------------------------------------------------
+
+    def _uid_listing(self, count: int) -> dict[int, str]:
+        if self.capa_supported and "UIDL" not in self.capabilities:
+            return {}
+        reply = self._command("UIDL")
+        if not reply.ok:
+            return {}  # UIDL is optional (RFC 1939): the listing just has no UIDs
+        uids: dict[int, str] = {}
+        for line in self._read_listing(max_lines=count):
+            parts = line.split()
+            if len(parts) != 2 or not parts[0].isdigit():
+                raise ProtocolError(f"{self.label}: bogus UIDL line {line!r}")
+            number, uid = int(parts[0]), parts[1]
+            if not 1 <= number <= count or number in uids:
+                raise ProtocolError(f"{self.label}: bogus UIDL line {line!r} for {count} messages")
+            if len(uid) > MAX_UID or not uid.isascii() or not uid.isprintable():
+                raise ProtocolError(f"{self.label}: unusable UID in UIDL line {line[:80]!r}")
+            uids[number] = uid
+        return uids
+
+    def _parse_counts(self, text: str, what: str) -> tuple[int, int]:
+        # Both numbers must be plain non-negative decimals: a negative or huge message number is
+        # how CVE-2001-1009 and CVE-2002-0146 started.
+        parts = text.split()
+        if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+            raise ProtocolError(f"{self.label}: bogus {what} reply {text!r}")
+        if not (parts[0].isascii() and parts[1].isascii()):
+            raise ProtocolError(f"{self.label}: bogus {what} reply {text!r}")
+        return int(parts[0]), int(parts[1])
+
+    def _read_listing(self, *, max_lines: int) -> list[str]:
+        """The lines of a multi-line reply after +OK, each traced, up to the final '.'."""
+        lines: list[str] = []
+        while True:
+            raw = self._read_line(MAX_REPLY_LINE, what="listing")
+            line = raw.decode("utf-8", "replace")
+            trace.received(PROTO, line)
+            if raw == b".":
+                return lines
+            if len(lines) >= max_lines:
+                raise ProtocolError(
+                    f"{self.label}: more listing lines than the {max_lines} expected"
+                )
+            lines.append(line[1:] if raw.startswith(b".") else line)
+
+    # -- the wire ----------------------------------------------------------------------------
+
+    def _require_connection(self) -> poplib.POP3:
+        if self._conn is None:
+            raise RuntimeError("Pop3Driver used while not connected")
+        return self._conn
+
+    def _check_number(self, number: int) -> None:
+        if number < 1:
+            raise ValueError(f"message numbers start at 1, not {number}")
+
+    def _command(self, command: str, *secrets: str) -> Reply:
+        self._send(command, *secrets)
+        return self._read_status(*secrets)
+
+    def _expect_ok(self, command: str) -> Reply:
+        reply = self._command(command)
+        if not reply.ok:
+            raise ProtocolError(f"{self.label}: {command} failed: {reply.text or reply.line}")
+        return reply
+
+    def _send(self, line: str, *secrets: str) -> None:
+        if any(c in line for c in _FORBIDDEN_IN_COMMANDS):
+            # A line break in a user name or password would let it inject a second command.
+            raise ConfigError(
+                f"{self.label}: refusing to send a command with a line break or NUL in it: "
+                + trace.redact(line.split(" ", 1)[0], *secrets)
+            )
+        conn = self._require_connection()
+        trace.sent(PROTO, line, *secrets)
+        try:
+            conn.sock.sendall(line.encode("utf-8") + b"\r\n")
+        except TimeoutError as err:
+            self._abort()
+            raise self._timeout_error() from err
+        except OSError as err:
+            self._abort()
+            raise self._lost(err) from err
+
+    def _read_status(self, *secrets: str) -> Reply:
+        raw = self._read_line(MAX_REPLY_LINE, what="reply")
+        line = raw.decode("utf-8", "replace")
+        trace.received(PROTO, line, self.user.password, *secrets)
+        for word, ok in (("+OK", True), ("-ERR", False)):
+            if line.startswith(word) and (len(line) == len(word) or not line[len(word)].isalpha()):
+                return Reply(ok, line[len(word) :].strip(), line)
+        if line.startswith("+"):
+            return Reply(False, line[1:].strip(), line)  # a SASL continuation ("+ base64")
+        self._abort()
+        raise ProtocolError(f"{self.label}: unexpected reply {line[:80]!r}")
+
+    def _read_line(self, limit: int, *, what: str) -> bytes:
+        """One line without its CRLF (a bare LF is tolerated), of at most `limit` octets."""
+        conn = self._require_connection()
+        try:
+            raw = conn.file.readline(limit + 2)
+        except TimeoutError as err:
+            self._abort()
+            raise self._timeout_error() from err
+        except OSError as err:
+            self._abort()
+            raise self._lost(err) from err
+        if raw.endswith(b"\r\n"):
+            return raw[:-2]
+        if raw.endswith(b"\n"):
+            return raw[:-1]
+        self._abort()
+        if len(raw) >= limit + 2:
+            raise ProtocolError(f"{self.label}: {what} line longer than {limit} octets")
+        raise ServerConnectionError(
+            f"connection to {self.host}:{self.port} lost: the server closed it during the {what}"
+        )
+
+    def _abort(self) -> None:
+        # After a timeout, a dropped line or garbage the dialogue is out of step: nothing more
+        # can be sent on this connection, and QUIT must not run (it would expunge).
+        self.close()
+
+    def _timeout_error(self) -> ServerTimeoutError:
+        return ServerTimeoutError(
+            f"timeout after {self.timeout} seconds waiting for server {self.label}."
+        )
+
+    def _lost(self, err: OSError) -> ServerConnectionError:
+        reason = err.strerror or str(err) or type(err).__name__
+        return ServerConnectionError(f"connection to {self.host}:{self.port} lost: {reason}")

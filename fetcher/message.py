@@ -1,0 +1,1002 @@
+"""From the message a driver downloaded to what a sink hands to the MTA, as fetchmail 6.4 does.
+
+Pure: no I/O except reading (and, in `read_header`, seeking) the spool file handed in. Everything
+works on bytes, because mail is 8-bit, may hold invalid UTF-8 or NULs, and may use bare LF line
+ends. Only the header block is held in memory (fetchmail buffers it too: it decides the sender,
+the recipients and where the Received line goes); the body stays in the spool and is streamed
+through `body_chunks` and `dot_stuff_chunks` in bounded chunks (DESIGN.md rule 6).
+
+Steps, in the order a poll uses them:
+
+1. `read_header` reads the header block off the spool and leaves the spool at the first body
+   byte;
+2. `envelope_sender` and `recipient_addresses` give MAIL FROM and RCPT TO, `body_type` the
+   BODY= parameter;
+3. `received_header` builds fetchmail's trace line and `edit_header` the header block handed
+   on (or raises `BadHeaderError`);
+4. the sink streams the body with `body_chunks` (stripcr/forcecr) and, for SMTP, LMTP and
+   BSMTP, `dot_stuff_chunks`; an MDA command line comes from `mda_command`.
+
+`prepare` strings steps 1 to 3 together for the session.
+
+Multidrop (finding recipients in Received/To/envelope headers, section 4.11 of the reference) is
+out of scope: when an account has several local names, the message goes to all of them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+from typing import BinaryIO
+
+from fetcher import __version__
+from fetcher.errors import ConfigError
+from fetcher.model import GlobalOptions, LocalName, ServerOptions, UserOptions
+from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
+
+__all__ = [
+    "MAX_HEADER_OCTETS",
+    "BadHeaderError",
+    "BodyType",
+    "HeaderField",
+    "RawHeader",
+    "TracePoll",
+    "body_chunks",
+    "body_type",
+    "check_mda_template",
+    "convert_line_ends",
+    "dot_stuff_chunks",
+    "edit_header",
+    "envelope_sender",
+    "first_address",
+    "headerless_header",
+    "mda_command",
+    "prepare",
+    "read_chunks",
+    "read_header",
+    "received_header",
+    "recipient_addresses",
+    "rewrite_addresses",
+]
+
+# fetchmail grows its header buffer without bound; a hostile server could then make us hold
+# any amount. Past this size the header is cut at the last whole line that fits, and what
+# follows is handed on as body, as if the message had no blank line (see `read_header`).
+MAX_HEADER_OCTETS = 1 << 20
+
+CR, LF = 0x0D, 0x0A
+_WSP = b" \t"
+
+BAD_HEADER_MESSAGE = "incorrect header line found - see manpage for bad-header option"
+NUL_WARNING = b"X-Fetchmail-Warning: message has embedded NULs\r\n"
+
+
+class BadHeaderError(ValueError):
+    """A header line is neither a field (no colon) nor a continuation, and the server is not
+    set to `bad-header accept`: fetchmail refuses such a message."""
+
+    def __init__(self, line: bytes) -> None:
+        super().__init__(BAD_HEADER_MESSAGE)
+        self.line = line
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the header block
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    """One header field as received: its physical lines joined by CRLF, without the final
+    CRLF, NULs removed.
+
+    `name` is the lower-cased field name (blanks before the colon dropped), or None for a line
+    without a colon or one that starts with a blank (a continuation with nothing before it).
+    """
+
+    raw: bytes
+    name: bytes | None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> HeaderField:
+        colon = raw.find(b":")
+        first_line_end = raw.find(b"\r\n")
+        if first_line_end == -1:
+            first_line_end = len(raw)
+        if colon == -1 or colon > first_line_end or raw[:1] in (b" ", b"\t"):
+            return cls(raw, None)
+        return cls(raw, raw[:colon].rstrip(_WSP).lower())
+
+    @property
+    def value(self) -> bytes:
+        """Everything after the first colon, folding included."""
+        colon = self.raw.find(b":")
+        return self.raw[colon + 1 :] if colon != -1 else b""
+
+    @property
+    def is_envelope_line(self) -> bool:
+        """An mbox `From ` line or its escaped `>From ` form, which fetchmail drops."""
+        low = self.raw[:6].lower()
+        if not (low.startswith(b"from ") or low.startswith(b">from ")):
+            return False
+        # `From : alice` is an (obsolete-syntax) From: field, not an envelope line
+        return self.name != b"from"
+
+
+@dataclass(frozen=True)
+class RawHeader:
+    """The header block of a message, field by field, as `read_header` found it."""
+
+    fields: tuple[HeaderField, ...]
+    separator: bool  # the blank line that ends the header was found
+    truncated: bool = False  # stopped at MAX_HEADER_OCTETS; the rest is left in the body
+    had_nuls: bool = False  # NUL bytes were removed
+    octets: int = 0  # bytes consumed from the spool, blank line included
+
+    def all(self, name: bytes) -> list[HeaderField]:
+        """The fields called `name` (lower case), in message order."""
+        return [f for f in self.fields if f.name == name]
+
+
+def read_header(spool: BinaryIO, *, limit: int = MAX_HEADER_OCTETS) -> RawHeader:
+    """Read the header block from the current position of `spool` and leave the file at the
+    first body byte.
+
+    - A line is ended by LF, with any CRs before it dropped; a line of nothing but CRs ends the
+      header (fetchmail's `end_of_header`). A last line without LF counts as a line.
+    - A line starting with a blank continues the field before it.
+    - NULs are removed before anything else, as fetchmail does, so a line of NULs and CRLF is
+      the blank line.
+    - No blank line before the end of the file: every line is header and the body is empty.
+    - More than `limit` octets before the blank line: the header ends after the last whole
+      line that fits, the spool is put back at the start of the first line that did not fit,
+      and that line and the rest are body. The message is still delivered, never dropped;
+      `edit_header` then adds the missing blank line. `spool` must be seekable for this.
+    """
+    fields: list[HeaderField] = []
+    current: list[bytes] = []
+    consumed = 0
+    had_nuls = separator = truncated = False
+    start = spool.tell()
+    while True:
+        room = limit - consumed
+        line = spool.readline(room + 1)
+        if not line:
+            break
+        if len(line) > room:
+            spool.seek(start + consumed)
+            truncated = True
+            break
+        consumed += len(line)
+        if b"\0" in line:
+            had_nuls = True
+            line = line.replace(b"\0", b"")
+        content = (line[:-1] if line.endswith(b"\n") else line).rstrip(b"\r")
+        if not content:
+            # only CRs before the LF: fetchmail's end of header; without the LF it is the
+            # end of the message, and the body is empty
+            separator = line.endswith(b"\n")
+            break
+        if content[:1] in (b" ", b"\t") and current:
+            current.append(content)
+            continue
+        if current:
+            fields.append(HeaderField.parse(b"\r\n".join(current)))
+        current = [content]
+    if current:
+        fields.append(HeaderField.parse(b"\r\n".join(current)))
+    return RawHeader(tuple(fields), separator, truncated, had_nuls, consumed)
+
+
+# ------------------------------------------------------------------------------------------
+# Addresses: a small RFC 5322 tokenizer, enough for fetchmail's nxtaddr() and reply_hack()
+
+
+class _Kind(enum.Enum):
+    WSP = "wsp"
+    ATOM = "atom"
+    QUOTED = "quoted"
+    COMMENT = "comment"
+    ANGLE = "angle"  # <...>, brackets included
+    COMMA = ","
+    COLON = ":"
+    SEMICOLON = ";"
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: _Kind
+    start: int
+    end: int  # exclusive
+    closed: bool = True  # quotes, comments, angles: the closing character was found
+
+
+_SPECIALS = {0x2C: _Kind.COMMA, 0x3A: _Kind.COLON, 0x3B: _Kind.SEMICOLON}
+_BLANKS = frozenset(b" \t\r\n")
+_ATOM_ENDS = _BLANKS | frozenset(b'"(<,:;')
+
+
+def _skip_quoted(data: bytes, i: int) -> tuple[int, bool]:
+    """`data[i]` is a double quote: the index after the closing one."""
+    i += 1
+    while i < len(data):
+        c = data[i]
+        if c == 0x5C:  # backslash
+            i += 2
+            continue
+        if c == 0x22:
+            return i + 1, True
+        i += 1
+    return len(data), False
+
+
+def _skip_comment(data: bytes, i: int) -> tuple[int, bool]:
+    """`data[i]` is an opening parenthesis: the index after its matching one (comments nest)."""
+    depth = 0
+    while i < len(data):
+        c = data[i]
+        if c == 0x5C:
+            i += 2
+            continue
+        if c == 0x28:
+            depth += 1
+        elif c == 0x29:
+            depth -= 1
+            if depth == 0:
+                return i + 1, True
+        i += 1
+    return len(data), False
+
+
+def _skip_angle(data: bytes, i: int) -> tuple[int, bool]:
+    """`data[i]` is `<`: the index after the `>` that closes it (quoted `>` do not)."""
+    i += 1
+    while i < len(data):
+        c = data[i]
+        if c == 0x5C:
+            i += 2
+            continue
+        if c == 0x22:
+            i, _ = _skip_quoted(data, i)
+            continue
+        if c == 0x3E:
+            return i + 1, True
+        i += 1
+    return len(data), False
+
+
+def _tokenize(data: bytes) -> list[_Token]:
+    tokens: list[_Token] = []
+    i, n = 0, len(data)
+    while i < n:
+        c = data[i]
+        if c in _BLANKS:
+            j = i + 1
+            while j < n and data[j] in _BLANKS:
+                j += 1
+            tokens.append(_Token(_Kind.WSP, i, j))
+        elif c == 0x22:
+            j, closed = _skip_quoted(data, i)
+            tokens.append(_Token(_Kind.QUOTED, i, min(j, n), closed))
+        elif c == 0x28:
+            j, closed = _skip_comment(data, i)
+            tokens.append(_Token(_Kind.COMMENT, i, min(j, n), closed))
+        elif c == 0x3C:
+            j, closed = _skip_angle(data, i)
+            tokens.append(_Token(_Kind.ANGLE, i, min(j, n), closed))
+        elif c in _SPECIALS:
+            j = i + 1
+            tokens.append(_Token(_SPECIALS[c], i, j))
+        else:
+            j = i
+            while j < n and data[j] not in _ATOM_ENDS:
+                j += 2 if data[j] == 0x5C else 1
+            j = min(j, n)
+            tokens.append(_Token(_Kind.ATOM, i, j))
+        i = j
+    return tokens
+
+
+def _angle_inner(data: bytes, token: _Token) -> bytes:
+    inner = data[token.start + 1 : token.end - 1 if token.closed else token.end].strip(b" \t\r\n")
+    if inner.startswith(b"@") and b":" in inner:
+        inner = inner[inner.index(b":") + 1 :]  # a source route, `<@relay:user@host>`
+    return inner
+
+
+def first_address(value: bytes) -> bytes | None:
+    """The first address in a header field's value, as fetchmail's nxtaddr() finds it.
+
+    `<...>` wins over anything before it in the same mailbox (display names, quoted or not);
+    comments are dropped; a bare address loses its blanks; a group's name (`name:`) is
+    skipped. `<>` gives b"" (the null address); no address at all gives None.
+    """
+    collected: list[bytes] = []
+    for token in _tokenize(value):
+        kind = token.kind
+        if kind is _Kind.ANGLE:
+            return _angle_inner(value, token)
+        if kind in (_Kind.COMMA, _Kind.SEMICOLON):
+            if collected:
+                break
+        elif kind is _Kind.COLON:
+            collected = []
+        elif kind in (_Kind.ATOM, _Kind.QUOTED):
+            collected.append(value[token.start : token.end])
+    return b"".join(collected) if collected else None
+
+
+def _has_host_part(address: bytes) -> bool:
+    return b"@" in address or b"!" in address  # `!`: a UUCP bang path counts as qualified
+
+
+def _rewrite_mailbox(value: bytes, tokens: list[_Token]) -> int | None:
+    """Where to insert `@host` in one mailbox of an address list, or None to leave it."""
+    angles = [t for t in tokens if t.kind is _Kind.ANGLE]
+    if angles:
+        angle = angles[-1]
+        inner = value[angle.start + 1 : angle.end - 1]
+        if not angle.closed or not inner.strip(b" \t\r\n") or _has_host_part(inner):
+            return None  # `<>` above all must stay the null address
+        return angle.start + 1 + len(inner.rstrip(b" \t\r\n"))
+    # a bare address: rewritten only if it is a single word with an atom in it, so that
+    # phrases without an address (`To: Bob Smith`) and lone quoted strings are left alone
+    words: list[list[_Token]] = []
+    joined = False
+    for token in tokens:
+        if token.kind in (_Kind.ATOM, _Kind.QUOTED):
+            if joined:
+                words[-1].append(token)
+            else:
+                words.append([token])
+            joined = True
+        else:
+            joined = False
+    if len(words) != 1:
+        return None
+    word = words[0]
+    if not any(t.kind is _Kind.ATOM for t in word) or any(
+        t.kind is _Kind.QUOTED and not t.closed for t in word
+    ):
+        return None
+    if _has_host_part(value[word[0].start : word[-1].end]):
+        return None
+    return word[-1].end
+
+
+def rewrite_addresses(value: bytes, host: bytes) -> bytes:
+    """Append `@host` to every unqualified address in an address-list value (fetchmail's
+    `rewrite`, reply_hack()). Conservative: display names, comments, quoted strings, groups
+    and `<>` are kept as they are; a mailbox that is not clearly one address is not touched."""
+    tokens = _tokenize(value)
+    inserts: list[int] = []
+    mailbox: list[_Token] = []
+    for token in [*tokens, None]:
+        if token is None or token.kind in (_Kind.COMMA, _Kind.SEMICOLON):
+            where = _rewrite_mailbox(value, mailbox) if mailbox else None
+            if where is not None:
+                inserts.append(where)
+            mailbox = []
+        elif token.kind is _Kind.COLON:
+            mailbox = []  # what came before was a group's name
+        else:
+            mailbox.append(token)
+    if not inserts:
+        return value
+    parts: list[bytes] = []
+    last = 0
+    for where in inserts:
+        parts += [value[last:where], b"@", host]
+        last = where
+    parts.append(value[last:])
+    return b"".join(parts)
+
+
+# the fields reply_hack() rewrites, in fetchmail's list
+REWRITTEN_FIELDS = frozenset(
+    {
+        b"from", b"to", b"reply-to", b"return-path", b"cc", b"bcc",
+        b"resent-from", b"resent-to", b"resent-cc", b"resent-bcc",
+        b"apparently-from", b"apparently-to", b"sender", b"resent-sender",
+    }
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Envelope: MAIL FROM, RCPT TO, BODY=
+
+_SENDER_FALLBACKS = (
+    b"resent-sender",
+    b"sender",
+    b"resent-from",
+    b"from",
+    b"reply-to",
+    b"apparently-from",
+)
+_QUAD = r"(?:25[0-5]|2[0-4]\d|1\d\d|\d{1,2})"
+_DOTTED_QUAD = re.compile(rf"(?:{_QUAD}\.){{3}}{_QUAD}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _domain_literal(host: str) -> str:
+    """A host name fit for the right of an @: an IP address goes in brackets (RFC 5321)."""
+    if _DOTTED_QUAD.fullmatch(host):
+        return f"[{host}]"
+    if ":" in host:  # IPv6; fetchmail would write it bare, which no MTA parses
+        return f"[IPv6:{host}]"
+    return host
+
+
+def return_path(header: RawHeader) -> HeaderField | None:
+    """The Return-Path field fetchmail uses: the first one with an address in it. Later ones
+    (spam carries several) are neither used nor stripped."""
+    for field in header.all(b"return-path"):
+        if first_address(field.value) is not None:
+            return field
+    return None
+
+
+def envelope_sender(header: RawHeader, *, remote_user: str, server_name: str) -> str:
+    """MAIL FROM as fetchmail computes it, without the angle brackets; "" is the null sender.
+
+    The first Return-Path; else the last Resent-Sender, Sender (either only if it holds @ or
+    !), Resent-From, From, Reply-To, Apparently-From, in that order. `<>` in Return-Path stays
+    the null sender; no address, an empty one or one starting with @ gives
+    `remote_user@server_name` (a dotted quad in brackets, the remote user alone if it has @ or
+    !); an address without @ or ! gets `@server_name`. An address with control characters
+    (folded across lines, or a CR that could end an SMTP command) is not used either.
+    """
+    address: bytes | None = None
+    rp = return_path(header)
+    if rp is not None:
+        address = first_address(rp.value)
+        if address == b"":
+            return ""
+    else:
+        for name in _SENDER_FALLBACKS:
+            candidates = header.all(name)
+            if name in (b"sender", b"resent-sender"):
+                candidates = [f for f in candidates if _has_host_part(f.value)]
+            for field in reversed(candidates):
+                address = first_address(field.value)
+                if address is not None:
+                    break
+            if address is not None:
+                break
+    text = address.decode("utf-8", "replace") if address is not None else ""
+    if not text or text.startswith("@") or _CONTROL.search(text):
+        if "@" in remote_user or "!" in remote_user:
+            return remote_user
+        return f"{remote_user}@{_domain_literal(server_name)}"
+    if "@" in text or "!" in text:
+        return text
+    return f"{text}@{_domain_literal(server_name)}"
+
+
+def recipient_addresses(
+    localnames: Sequence[str],
+    *,
+    smtpaddress: str | None = None,
+    smtpname: str | None = None,
+    smtphost: str | None = None,
+) -> list[str]:
+    """RCPT TO for each local name, without brackets, as fetchmail's rcpt_address() does.
+
+    A name with @ is used as it is; otherwise `smtpname` replaces the whole address if set;
+    otherwise `name@destaddr`, where destaddr is `smtpaddress`, else `smtphost` (the hunt
+    entry the sink talks to) without its `/port`, else `localhost` (no host, or a socket
+    path). An MDA sink has no smtphost and uses no smtpaddress (fetchmail's open_mda_sink
+    forces localhost); BSMTP uses smtpaddress but no smtphost.
+    """
+    if smtpaddress:
+        destaddr = smtpaddress
+    elif smtphost and not smtphost.startswith("/"):
+        host = smtphost.rsplit("/", 1)[0] if "/" in smtphost else smtphost
+        destaddr = _rcpt_domain(host) if host else "localhost"
+    else:
+        destaddr = "localhost"
+    addresses: list[str] = []
+    for name in localnames:
+        if "@" in name:
+            addresses.append(name)
+        elif smtpname:
+            addresses.append(smtpname)
+        else:
+            addresses.append(f"{name}@{destaddr}")
+    return addresses
+
+
+def _rcpt_domain(host: str) -> str:
+    # fetchmail writes an IPv4 smtphost bare (`bob@127.0.0.1`, observed); only IPv6 needs help
+    return f"[IPv6:{host}]" if ":" in host else host
+
+
+class BodyType(enum.Enum):
+    """The BODY= parameter for MAIL FROM (only sent when the listener offers 8BITMIME)."""
+
+    EIGHT_BIT = "8BITMIME"
+    SEVEN_BIT = "7BIT"
+    UNDECLARED = ""  # no BODY= at all, as fetchmail does for plain non-MIME mail
+
+
+_SEVEN_BIT_ENCODINGS = frozenset({b"7bit", b"quoted-printable", b"base64"})
+_EIGHT_BIT_ENCODINGS = frozenset({b"8bit", b"binary"})
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+
+
+def body_type(header: RawHeader, *, pass8bits: bool = False, mimedecode: bool = False) -> BodyType:
+    """What to declare in BODY=, from the header alone (O(header), the body is not read).
+
+    Declaring 8BITMIME for 7-bit data is harmless, declaring 7BIT for 8-bit data is not, so
+    anything that suggests 8-bit content wins:
+
+    - `pass8bits` → 8BITMIME;
+    - a Content-Transfer-Encoding of 8bit or binary → 8BITMIME;
+    - a multipart/* or message/* Content-Type → 8BITMIME (a part may be 8-bit; fetchmail
+      does the same for multipart/mixed and message/*);
+    - quoted-printable with `mimedecode` → 8BITMIME (decoding makes it 8-bit);
+    - 7bit, quoted-printable or base64 under `MIME-Version: 1.0` → 7BIT;
+    - otherwise 8-bit bytes in the header → 8BITMIME, else UNDECLARED.
+    """
+    if pass8bits:
+        return BodyType.EIGHT_BIT
+    encodings = {
+        (first_address(f.value) or b"").lower() for f in header.all(b"content-transfer-encoding")
+    }
+    if encodings & _EIGHT_BIT_ENCODINGS:
+        return BodyType.EIGHT_BIT
+    for field in header.all(b"content-type"):
+        media = field.value.strip(b" \t\r\n").lower()
+        if media.startswith(b"multipart/") or media.startswith(b"message/"):
+            return BodyType.EIGHT_BIT
+    if mimedecode and b"quoted-printable" in encodings:
+        return BodyType.EIGHT_BIT
+    mime = any(first_address(f.value) == b"1.0" for f in header.all(b"mime-version"))
+    if mime and encodings and encodings <= _SEVEN_BIT_ENCODINGS:
+        return BodyType.SEVEN_BIT
+    if any(_HIGH_BYTE.search(f.raw) for f in header.fields):
+        return BodyType.EIGHT_BIT
+    return BodyType.UNDECLARED
+
+
+# ------------------------------------------------------------------------------------------
+# The header handed on
+
+
+@dataclass(frozen=True)
+class TracePoll:
+    """`tracepolls`: which poll entry, account and folder the Received line names."""
+
+    label: str
+    account: str
+    folder: str | None = None
+
+
+def _clean(text: str) -> str:
+    # names from the rcfile or the server: a CR or LF here would start a forged header line
+    return _CONTROL.sub(" ", text)
+
+
+def _header_lines(*lines: str) -> bytes:
+    return b"".join(line.encode("utf-8", "replace") + b"\r\n" for line in lines)
+
+
+def rfc822_timestamp(now: datetime | None = None) -> str:
+    """fetchmail's rfc822timestamp(): `Wed, 25 Nov 2026 05:38:19 +0000 (UTC)`, local time, in
+    English whatever the locale."""
+    moment = now if now is not None else datetime.now()
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    stamp = format_datetime(moment)
+    zone = moment.tzname()
+    return f"{stamp} ({zone})" if zone else stamp
+
+
+def received_header(
+    *,
+    server_name: str,
+    server_address: str | None,
+    local_host: str,
+    protocol: str,
+    recipients: Sequence[str],
+    multidrop: bool = False,
+    trace: TracePoll | None = None,
+    now: datetime | None = None,
+) -> bytes:
+    """fetchmail's Received line, three physical lines ending in CRLF:
+
+    ```
+    Received: from <server> [<IP>]
+    \tby <local host> with <PROTOCOL> (pyfetch-<version>[ polling <label> account <user>
+        [ folder <f>]])
+    \tfor <bob@localhost> (single-drop); <date>
+    ```
+
+    (the second line is one line, wrapped here).
+
+    `[IP]` only when the address is known; the `for` clause only with exactly one recipient
+    (the RCPT TO address), labelled multi-drop when the account has several local names.
+    """
+    first = f"Received: from {_clean(server_name)}"
+    if server_address:
+        first += f" [{_clean(server_address)}]"
+    second = f"\tby {_clean(local_host)} with {_clean(protocol)} (pyfetch-{__version__}"
+    if trace is not None:
+        second += f" polling {_clean(trace.label)} account {_clean(trace.account)}"
+        if trace.folder:
+            second += f" folder {_clean(trace.folder)}"
+    second += ")"
+    third = "\t"
+    if len(recipients) == 1:
+        drop = "multi-drop" if multidrop else "single-drop"
+        third += f"for <{_clean(recipients[0])}> ({drop}); "
+    third += rfc822_timestamp(now)
+    return _header_lines(first, second, third)
+
+
+def headerless_header(
+    *, local_user: str, local_host: str, remote_user: str, server_name: str
+) -> bytes:
+    """The stand-in fetchmail gives a message that has no header lines at all."""
+    return _header_lines(
+        "From: FETCHMAIL-DAEMON",
+        _clean(f"To: {local_user}@{local_host}"),
+        _clean(f"Subject: Headerless mail from {remote_user}'s mailbox on {server_name}"),
+    )
+
+
+_STATUS_FIELDS = (b"status", b"x-mozilla-status")
+
+
+def edit_header(
+    header: RawHeader,
+    *,
+    received: bytes | None,
+    for_mda: bool,
+    server_name: str,
+    rewrite: bool = True,
+    dropstatus: bool = False,
+    dropdelivered: bool = False,
+    accept_bad_header: bool = False,
+    if_headerless: bytes = b"",
+) -> bytes:
+    """The header block handed to the sink: CRLF line ends and the closing blank line.
+
+    fetchmail's edits, field by field:
+
+    - a line that is not a field (no colon) nor a continuation raises `BadHeaderError`,
+      unless `accept_bad_header` (`bad-header accept`); an mbox `From ` line is not checked,
+      it is dropped anyway;
+    - `From ` and `>From ` envelope lines are dropped;
+    - Delivered-To is dropped with `dropdelivered`;
+    - an empty Status or X-Mozilla-Status is always dropped, a non-empty one with `dropstatus`;
+    - with `rewrite`, unqualified addresses in From, To, Cc, Bcc, Reply-To, Sender,
+      Return-Path, Apparently-* and Resent-* get `@server_name`;
+    - the Return-Path used for MAIL FROM is dropped unless the sink is an MDA (an SMTP
+      listener writes its own on final delivery);
+    - `received` (None with `invisible`) goes before the first Received field, else on top;
+    - `if_headerless` stands in when no field is left (fetchmail's "Headerless mail");
+    - NULs were removed by `read_header`; if there were any, an
+      `X-Fetchmail-Warning: message has embedded NULs` field is added at the end.
+    """
+    host = server_name.encode("utf-8", "replace")
+    used_return_path = None if for_mda else return_path(header)
+    kept: list[bytes] = []
+    for field in header.fields:
+        if field.is_envelope_line:
+            continue
+        if field.name is None and field.raw[:1] not in (b" ", b"\t") and not accept_bad_header:
+            raise BadHeaderError(field.raw.split(b"\r\n", 1)[0])
+        name = field.name
+        if name == b"delivered-to" and dropdelivered:
+            continue
+        if name in _STATUS_FIELDS and (dropstatus or not field.value.strip(b" \t\r\n")):
+            continue
+        if field is used_return_path:
+            continue
+        raw = field.raw
+        if rewrite and name in REWRITTEN_FIELDS:
+            colon = raw.index(b":") + 1
+            raw = raw[:colon] + rewrite_addresses(raw[colon:], host)
+        kept.append(raw + b"\r\n")
+    if not kept and if_headerless:
+        kept.append(if_headerless)
+    if received is not None:
+        at = next((i for i, line in enumerate(kept) if _is_received(line)), 0)
+        kept.insert(at, received)
+    if header.had_nuls:
+        kept.append(NUL_WARNING)
+    kept.append(b"\r\n")
+    return b"".join(kept)
+
+
+def _is_received(line: bytes) -> bool:
+    # fetchmail's strstr() also matches `>Received:` (kept from an mbox), so this does too
+    name, colon, _ = line.partition(b":")
+    return bool(colon) and name.lstrip(b">").rstrip(_WSP).lower() == b"received"
+
+
+# ------------------------------------------------------------------------------------------
+# Streaming the body
+
+
+def read_chunks(body: BinaryIO, chunk_size: int = 65536) -> Iterator[bytes]:
+    """The rest of `body`, `chunk_size` octets at a time."""
+    while chunk := body.read(chunk_size):
+        yield chunk
+
+
+def _strip_cr(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    held = b""  # a CR at the end of a chunk: only the next chunk says whether an LF follows
+    for chunk in chunks:
+        if not chunk:
+            continue
+        data = held + chunk
+        held = b""
+        if data.endswith(b"\r"):
+            held, data = b"\r", data[:-1]
+        if data:
+            yield data.replace(b"\r\n", b"\n")
+    if held:
+        yield held
+
+
+def _force_cr(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    after_cr = False
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if after_cr and chunk[0] == LF:
+            out = b"\n" + chunk[1:].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        else:
+            out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        after_cr = chunk[-1] == CR
+        yield out
+
+
+def convert_line_ends(
+    chunks: Iterable[bytes], *, stripcr: bool = False, forcecr: bool = False
+) -> Iterator[bytes]:
+    """Line-end conversion over a stream of chunks, the same whatever the chunk boundaries.
+
+    `stripcr` turns CRLF into LF (for MDAs; lone CRs stay, where fetchmail drops every CR);
+    `forcecr` turns a bare LF into CRLF. With both, `stripcr` wins, as in fetchmail. Output
+    chunks are at most twice the size of input chunks (plus one byte held back).
+    """
+    if stripcr:
+        return _strip_cr(chunks)
+    if forcecr:
+        return _force_cr(chunks)
+    return (chunk for chunk in chunks if chunk)
+
+
+def body_chunks(
+    body: BinaryIO, *, stripcr: bool = False, forcecr: bool = False, chunk_size: int = 65536
+) -> Iterator[bytes]:
+    """The rest of `body` in bounded chunks, line ends converted (`convert_line_ends`). For an
+    MDA, run the header through the same conversion: `convert_line_ends(chain([header],
+    read_chunks(body)), stripcr=True)`."""
+    return convert_line_ends(read_chunks(body, chunk_size), stripcr=stripcr, forcecr=forcecr)
+
+
+# a dot after a CR counts too: a listener that takes a bare CR as a line end would otherwise
+# see `<CR>.<CR><LF>` as the end of the data (SMTP smuggling)
+_DOT_AT_LINE_START = re.compile(rb"(?<=[\r\n])\.")
+
+
+def dot_stuff_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """SMTP DATA bytes (RFC 5321 4.5.2): a `.` that starts a line gets another `.`, the data
+    ends with CRLF; the caller sends the final `.` CRLF. Correct across chunk boundaries.
+
+    A line starts at the beginning of the data and after every LF or CR. Feed it the header
+    too, `dot_stuff_chunks(chain([message.header], body))`: with `bad-header accept` a header
+    line may start with a dot. A bare LF at the very end becomes CRLF, so that the terminator
+    is recognised; nothing in, nothing out.
+    """
+    line_start = True
+    last = -1  # the last byte yielded
+    held = b""  # a final bare LF, kept back in case it is the end of the data
+    for chunk in chunks:
+        if not chunk:
+            continue
+        out = _DOT_AT_LINE_START.sub(b"..", chunk)
+        if line_start and chunk[0] == 0x2E:
+            out = b"." + out
+        line_start = chunk[-1] in (CR, LF)
+        out = held + out
+        held = b""
+        if out[-1] == LF and not (out[-2:] == b"\r\n" or (len(out) == 1 and last == CR)):
+            held, out = b"\n", out[:-1]
+        if out:
+            last = out[-1]
+            yield out
+    if held:
+        yield b"\r\n"
+    elif last == CR:
+        yield b"\n"
+    elif last not in (-1, LF):
+        yield b"\r\n"
+
+
+# ------------------------------------------------------------------------------------------
+# MDA command line
+
+_EXPANSIONS = "sTF"
+
+
+def check_mda_template(template: str) -> None:
+    """Refuse an `mda` string whose %T, %s or %F the shell would not see as a word of its own.
+
+    fetchmail 6.4 refuses `'%T'`: the value's own single quotes would then unquote it. The
+    same holds inside double quotes or backquotes (where `$(...)` in a sender would run), after
+    a backslash (which eats the opening quote) and after `$` (bash's `$'...'` reads backslash
+    escapes), so those are refused too. Raises ConfigError.
+    """
+    state = ""  # "" outside quotes, or the quote character we are inside
+    i, n = 0, len(template)
+    while i < n:
+        c = template[i]
+        expansion = c == "%" and i + 1 < n and template[i + 1] in _EXPANSIONS
+        if state == "'":
+            if c == "'":
+                state = ""
+            elif expansion:
+                _refuse("single-quoted", template[i + 1])
+        elif c == "\\":
+            if i + 2 < n and template[i + 1] == "%" and template[i + 2] in _EXPANSIONS:
+                _refuse("backslash-escaped", template[i + 2])
+            i += 2
+            continue
+        elif state:
+            if c == state:
+                state = ""
+            elif expansion:
+                _refuse("double-quoted" if state == '"' else "backquoted", template[i + 1])
+        elif c in "'\"`":
+            state = c
+        elif expansion and i > 0 and template[i - 1] == "$":
+            _refuse("$-prefixed", template[i + 1])
+        i += 1
+
+
+def _refuse(how: str, letter: str) -> None:
+    raise ConfigError(
+        f"MDA option contains {how} %{letter} expansion. "
+        "Refusing to deliver. Check the manual and fix your mda option."
+    )
+
+
+def _shell_word(value: str) -> str:
+    # inside single quotes only a quote is special; NUL cannot be passed to exec at all
+    return "'" + value.replace("'", "_").replace("\0", "_") + "'"
+
+
+def mda_command(template: str, recipients: Sequence[str], sender: str) -> str:
+    """The command line for `/bin/sh -c`, with fetchmail's substitutions.
+
+    `%T` (and the old `%s`) becomes the local names, `%F` the envelope sender (`<>` for the
+    null sender, as fetchmail passes the Return-Path). Each value is wrapped in single quotes
+    after any `'` (and NUL) in it is replaced by `_`, so it is one shell word whatever it
+    holds. Several recipients become several words, each quoted (fetchmail puts them all in
+    one pair of quotes, which an MDA taking several arguments cannot use). Any other `%` is
+    kept. Raises ConfigError for a template `check_mda_template` refuses.
+    """
+    check_mda_template(template)
+    names = " ".join(_shell_word(name) for name in recipients)
+    sender_word = _shell_word(sender or "<>")
+    out: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        if template[i] == "%" and i + 1 < n and template[i + 1] in _EXPANSIONS:
+            out.append(sender_word if template[i + 1] == "F" else names)
+            i += 2
+        else:
+            out.append(template[i])
+            i += 1
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------
+# All together, for the session
+
+
+def _delivery_names(user: UserOptions, globals_: GlobalOptions) -> list[str]:
+    """The local names a message goes to: the first one for a single-drop account (as
+    fetchmail), every one for a multidrop account (pyfetch does not parse headers for it)."""
+    names: list[LocalName] = user.localnames
+    if not names:
+        return [globals_.postmaster or user.remote]
+    if not user.multidrop:
+        return [names[0][0]]
+    local = [mapped or name for name, mapped in names]
+    return list(dict.fromkeys(local))
+
+
+def prepare(
+    spool: BinaryIO,
+    *,
+    server: ServerOptions,
+    user: UserOptions,
+    globals_: GlobalOptions,
+    protocol: str,
+    peer_address: str | None,
+    for_mda: bool,
+    folder: str | None = None,
+    local_host: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Envelope, Message] | Delivery:
+    """Read the header from `spool` (positioned at the message start) and build what the sink
+    needs. The returned Message's body is `spool` itself, at the first body byte.
+
+    A message refused for a bad header comes back as a PERMFAIL Delivery with fetchmail's
+    wording, so the session handles it like any other refusal.
+
+    Envelope recipients are RCPT TO addresses for SMTP, LMTP and BSMTP (for SMTP computed
+    with the first smtphost; fetchmail uses the one that answered) and the bare local names
+    for an MDA (`%T`). The server's name is its `via` or poll name (fetchmail's DNS
+    canonical name is not looked up); the local host name is `socket.gethostname()` unless
+    given.
+    """
+    header = read_header(spool)
+    body_start = spool.tell()
+    spool.seek(0, 2)
+    body_octets = spool.tell() - body_start
+    spool.seek(body_start)
+
+    server_name = server.queryname
+    host = local_host or socket.gethostname()
+    names = _delivery_names(user, globals_)
+    if for_mda:
+        rcpt = recipient_addresses(names, smtpname=user.smtpname)
+    elif user.bsmtp is not None:
+        rcpt = recipient_addresses(names, smtpaddress=user.smtpaddress, smtpname=user.smtpname)
+    else:
+        rcpt = recipient_addresses(
+            names,
+            smtpaddress=user.smtpaddress,
+            smtpname=user.smtpname,
+            smtphost=user.smtphunt[0] if user.smtphunt else None,
+        )
+    received = None
+    if not globals_.invisible:
+        received = received_header(
+            server_name=server_name,
+            server_address=peer_address,
+            local_host=host,
+            protocol=protocol,
+            recipients=rcpt,
+            multidrop=user.multidrop,
+            trace=TracePoll(server.pollname, user.remote, folder) if server.tracepolls else None,
+            now=now,
+        )
+    try:
+        edited = edit_header(
+            header,
+            received=received,
+            for_mda=for_mda,
+            server_name=server_name,
+            rewrite=user.rewrite,
+            dropstatus=user.dropstatus,
+            dropdelivered=user.dropdelivered,
+            accept_bad_header=server.badheader,
+            if_headerless=headerless_header(
+                local_user=names[0],
+                local_host=host,
+                remote_user=user.remote,
+                server_name=server_name,
+            ),
+        )
+    except BadHeaderError as err:
+        return Delivery(Outcome.PERMFAIL, reply=str(err))
+    envelope = Envelope(
+        sender=envelope_sender(header, remote_user=user.remote, server_name=server_name),
+        recipients=names if for_mda else rcpt,
+        size=len(edited) + body_octets,
+        eight_bit=body_type(header, pass8bits=user.pass8bits, mimedecode=user.mimedecode)
+        is BodyType.EIGHT_BIT,
+    )
+    return envelope, Message(edited, spool)

@@ -1,0 +1,84 @@
+"""What a run tells the user, in fetchmail's words: counts, one line per message, errors.
+
+`-s` silences the progress lines; errors are always shown. Trace lines (-v) go through
+`fetcher.trace` and appear between these lines in the order things happen.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from fetcher import __version__
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+class Reporter:
+    def __init__(
+        self, *, verbose: int = 0, silent: bool = False, out: TextIO | None = None
+    ) -> None:
+        self.verbose = verbose
+        self.silent = silent and not verbose  # fetchmail: the last of -s and -v wins
+        self.out = out or sys.stdout
+        self.err = sys.stderr
+
+    def _progress(self, line: str) -> None:
+        if not self.silent:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def info(self, line: str) -> None:
+        """A prefixed line, as fetchmail's report() writes it."""
+        self._progress(f"pyfetch: {line}")
+
+    def error(self, line: str) -> None:
+        self.err.write(f"pyfetch: {line}\n")
+        self.err.flush()
+
+    # -- the poll ----------------------------------------------------------------------
+
+    def poll_started(self, pollname: str, protocol: str) -> None:
+        if self.verbose:
+            self.info(f"{__version__} querying {pollname} (protocol {protocol}) at "
+                      f"{time.ctime()}: poll started")
+
+    def poll_completed(self, pollname: str, protocol: str) -> None:
+        if self.verbose:
+            self.info(f"{__version__} querying {pollname} (protocol {protocol}) at "
+                      f"{time.ctime()}: poll completed")
+
+    def message_count(self, user: str, server: str, count: int, seen: int, octets: int) -> None:
+        seen_part = f" ({seen} seen)" if seen else ""
+        self._progress(
+            f"{_plural(count, 'message')}{seen_part} for {user} at {server} ({octets} octets)."
+        )
+
+    def no_mail(self, user: str, server: str) -> None:
+        self.info(f"No mail for {user} at {server}")
+
+    def message_read(
+        self, user: str, server: str, number: int, total: int, octets: int, flushed: bool
+    ) -> None:
+        result = "flushed" if flushed else "not flushed"
+        self._progress(
+            f"reading message {user}@{server}:{number} of {total} ({octets} octets) {result}"
+        )
+
+    def message_skipped(
+        self, user: str, server: str, number: int, octets: int, reason: str, flushed: bool
+    ) -> None:
+        reason_part = f" ({reason})" if reason else ""
+        result = " flushed" if flushed else ""
+        self._progress(
+            f"skipping message {user}@{server}:{number} ({octets} octets){reason_part}{result}"
+        )
+
+    def fetchlimit_reached(self, limit: int, left: int, server: str, user: str) -> None:
+        self.info(
+            f"fetchlimit {limit} reached; {_plural(left, 'message')} left on server {server} "
+            f"account {user}"
+        )

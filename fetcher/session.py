@@ -1,0 +1,228 @@
+"""One account, one poll: connect, list, ask `plan`, fetch, deliver, record, delete, QUIT.
+
+The order of the steps is what keeps mail safe: a message is deleted on the server only after
+its sink said ACCEPTED and its UID was durably recorded (DESIGN.md rules 1 and 2). The driver
+is blocking and runs in a worker thread; sinks are asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from fetcher import message as msg
+from fetcher.drivers.base import MailboxDriver, MessageInfo
+from fetcher.errors import HookError
+from fetcher.exitcodes import ExitCode
+from fetcher.model import GlobalOptions, ServerOptions, UserOptions
+from fetcher.plan import (
+    Action,
+    Decision,
+    Disposition,
+    Policy,
+    after_delivery,
+    count_new,
+    fetchlimit_reached,
+    plan_mailbox,
+)
+from fetcher.report import Reporter
+from fetcher.sinks.base import Delivery, Sink
+from fetcher.uidstore import UidStore, account_key
+
+# Messages up to this size stay in memory while they pass through; larger ones go to a
+# temporary file, so memory does not grow with message size (DESIGN.md rule 6).
+SPOOL_IN_MEMORY = 1 << 20
+
+DriverFactory = Callable[[ServerOptions, UserOptions], MailboxDriver]
+SinkFactory = Callable[[ServerOptions, UserOptions, GlobalOptions], Sink]
+
+
+@dataclass
+class PollResult:
+    status: ExitCode
+    fetched: int = 0  # messages read from the server, delivered or not (fetchmail's count)
+
+
+def policy_for(user: UserOptions, server: ServerOptions, globals_: GlobalOptions) -> Policy:
+    return Policy(
+        keep=user.keep,
+        fetchall=user.fetchall,
+        flush=user.flush,
+        limitflush=user.limitflush,
+        limit=user.limit,
+        fetchlimit=user.fetchlimit,
+        softbounce=globals_.softbounce,
+        uidl=server.uidl,
+    )
+
+
+def run_hook(command: str, what: str) -> None:
+    """preconnect / postconnect: a shell command; a failure aborts the poll (exit 5)."""
+    status = subprocess.run(["/bin/sh", "-c", command], check=False).returncode
+    if status != 0:
+        raise HookError(f"{what} command failed with status {status}")
+
+
+class AccountPoll:
+    def __init__(
+        self,
+        server: ServerOptions,
+        user: UserOptions,
+        globals_: GlobalOptions,
+        store: UidStore | None,
+        reporter: Reporter,
+        make_driver: DriverFactory,
+        make_sink: SinkFactory,
+        *,
+        check_only: bool = False,
+    ) -> None:
+        self.server = server
+        self.user = user
+        self.globals = globals_
+        self.store = store
+        self.reporter = reporter
+        self.make_driver = make_driver
+        self.make_sink = make_sink
+        self.check_only = check_only
+        self.policy = policy_for(user, server, globals_)
+        self.key = account_key(user.remote, server.queryname)
+        self._sink: Sink | None = None
+
+    async def run(self) -> PollResult:
+        server, user = self.server, self.user
+        self.reporter.poll_started(server.pollname, server.protocol)
+        try:
+            if user.preconnect is not None:
+                await asyncio.to_thread(run_hook, user.preconnect, "pre-connection")
+            result = await self._poll()
+            if user.postconnect is not None:
+                await asyncio.to_thread(run_hook, user.postconnect, "post-connection")
+            return result
+        finally:
+            self.reporter.poll_completed(server.pollname, server.protocol)
+
+    async def _poll(self) -> PollResult:
+        driver = self.make_driver(self.server, self.user)
+        committed = False
+        try:
+            await asyncio.to_thread(driver.connect)
+            await asyncio.to_thread(driver.login)
+            listing = await asyncio.to_thread(driver.list_messages)
+            seen = self.store.seen(self.key) if self.store else frozenset()
+            delivered = self.store.delivered(self.key) if self.store else frozenset()
+            decisions = plan_mailbox(listing, seen, self.policy, delivered)
+            if self.check_only:
+                result = self._check(decisions)
+            else:
+                result, deleted = await self._work(driver, decisions)
+            await asyncio.to_thread(driver.commit)
+            committed = True
+            if self.store is not None and not self.check_only:
+                self.store.expunged(self.key, {uid for uid in deleted if uid is not None})
+            return result
+        finally:
+            if self._sink is not None:
+                await self._sink.close()
+            if not committed:
+                await asyncio.to_thread(driver.close)
+
+    def _check(self, decisions: list[Decision]) -> PollResult:
+        total, seen, octets = count_new(decisions)
+        new = sum(1 for d in decisions if d.action is Action.FETCH)
+        if total:
+            self.reporter.message_count(
+                self.user.remote, self.server.pollname, total, seen, octets
+            )
+        else:
+            self.reporter.no_mail(self.user.remote, self.server.pollname)
+        return PollResult(ExitCode.SUCCESS if new else ExitCode.NOMAIL)
+
+    async def _work(
+        self, driver: MailboxDriver, decisions: list[Decision]
+    ) -> tuple[PollResult, list[str | None]]:
+        user, server, report = self.user, self.server, self.reporter
+        total, seen, octets = count_new(decisions)
+        if not any(d.action is Action.FETCH for d in decisions) and not seen:
+            report.no_mail(user.remote, server.pollname)
+        if total:
+            report.message_count(user.remote, server.pollname, total, seen, octets)
+        deleted: list[str | None] = []
+        fetched = 0
+        status = ExitCode.NOMAIL
+        for index, decision in enumerate(decisions):
+            info = decision.message
+            if decision.action is Action.FETCH:
+                if fetchlimit_reached(fetched, self.policy):
+                    left = sum(1 for d in decisions[index:] if d.action is Action.FETCH)
+                    report.fetchlimit_reached(
+                        self.policy.fetchlimit, left, server.pollname, user.remote
+                    )
+                    status = ExitCode.MAXFETCH
+                    break
+                delivery = await self._fetch_and_deliver(driver, info)
+                fetched += 1
+                if status is ExitCode.NOMAIL:
+                    status = ExitCode.SUCCESS
+                disposition = after_delivery(delivery, self.policy)
+                if disposition is not Disposition.RETRY and info.uid is not None and self.store:
+                    # durable before the DELE: a crash from here on delivers nothing twice
+                    self.store.record(
+                        self.key, info.uid, delete_pending=disposition is Disposition.DELETE
+                    )
+                if disposition is Disposition.DELETE:
+                    await asyncio.to_thread(driver.delete, info.number)
+                    deleted.append(info.uid)
+                # fetchmail names the message by the server's true name, the count by poll name
+                report.message_read(
+                    user.remote, server.queryname, info.number, total, info.size,
+                    flushed=disposition is Disposition.DELETE,
+                )
+            elif decision.action in _DELETING:
+                await asyncio.to_thread(driver.delete, info.number)
+                deleted.append(info.uid)
+                report.message_skipped(
+                    user.remote, server.queryname, info.number, info.size,
+                    _SKIP_REASONS[decision.action], flushed=True,
+                )
+            elif decision.action is Action.SKIP_OVERSIZED:
+                report.message_skipped(
+                    user.remote, server.queryname, info.number, info.size, "oversized",
+                    flushed=False,
+                )
+        return PollResult(status, fetched), deleted
+
+    async def _fetch_and_deliver(self, driver: MailboxDriver, info: MessageInfo) -> Delivery:
+        with _spool() as spool:
+            await asyncio.to_thread(driver.retrieve, info.number, spool, peek=self.policy.peek)
+            spool.seek(0)
+            prepared = msg.prepare(
+                spool,
+                server=self.server,
+                user=self.user,
+                globals_=self.globals,
+                protocol=driver.protocol,
+                peer_address=driver.peer_address,
+                for_mda=self.user.mda is not None and self.user.bsmtp is None,
+            )
+            if isinstance(prepared, Delivery):  # refused before delivery (bad header)
+                return prepared
+            envelope, message = prepared
+            if self._sink is None:
+                self._sink = self.make_sink(self.server, self.user, self.globals)
+            return await self._sink.deliver(envelope, message)
+
+
+_DELETING = frozenset({Action.FLUSH, Action.FLUSH_OVERSIZED, Action.DELETE_DELIVERED})
+_SKIP_REASONS = {
+    Action.FLUSH: "",
+    Action.FLUSH_OVERSIZED: "oversized",
+    Action.DELETE_DELIVERED: "delivered before",
+}
+
+
+def _spool() -> BinaryIO:
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # type: ignore[return-value]

@@ -1,0 +1,584 @@
+"""Hand messages to an SMTP or LMTP listener, as fetchmail does by default.
+
+The dialogue is fetchmail 6.4's (reference sections 4.6-4.8, 4.10, 4.13): the listener is
+opened at the first message and reused for the rest of the poll; nothing is pipelined; every
+command and reply line goes to the -v trace.
+
+The wire is a small asyncio stream client of our own rather than aiosmtplib's `SMTP` class:
+aiosmtplib has no LMTP, and its protocol object cannot read the several replies an LMTP server
+sends in one segment after the final dot (it parses one response per `data_received`), its
+`data()` wants the whole message in memory, and it gives no hook to trace each reply line. We
+still use its pure helpers for the ESMTP keyword parser and the SASL encodings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from aiosmtplib.auth import auth_crammd5_verify, auth_login_encode, auth_plain_encode
+from aiosmtplib.errors import SMTPAuthenticationError
+from aiosmtplib.esmtp import parse_esmtp_extensions
+
+from fetcher import trace
+from fetcher.errors import ConfigError, ListenerUnavailableError
+from fetcher.message import convert_line_ends, dot_stuff_chunks, read_chunks
+from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
+
+CHUNK_SIZE = 65536  # bytes per DATA write; large writes are what keep Nagle out of the way
+SMTP_PORT = 25
+_LINE_LIMIT = 65536  # longest reply line we buffer; a bound, since the peer is not trusted
+_MAX_REPLY_LINES = 1000  # same, for the continuation lines of one reply
+_REPLY_CODE = re.compile(r"[1-5][0-9][0-9]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # CR/LF in an address would inject commands
+
+# The -v channel: the runner prints it with the `pyfetch: ` prefix at INFO when verbose and at
+# WARNING otherwise, so a dead listener in the hunt list is reported even without -v.
+_console = logging.getLogger(trace.TRACE_LOGGER)
+
+
+@dataclass(frozen=True)
+class SmtpTimeouts:
+    """Seconds to wait at each step.
+
+    The defaults are the RFC 5321 section 4.5.3.2 minimums that fetchmail uses and does not let
+    the user shorten; they are a parameter only so that tests need not wait minutes.
+    """
+
+    connect: float = 300.0  # fetchmail guards the connect with the server timeout (300 s)
+    greeting: float = 300.0  # initial 220
+    command: float = 300.0  # EHLO/LHLO/HELO, AUTH, MAIL, RCPT, RSET, QUIT
+    data_init: float = 120.0  # DATA -> 354
+    data_block: float = 180.0  # each write of message data
+    data_end: float = 600.0  # the reply(s) after the final dot
+    idle: float = 300.0  # reopen a listener connection unused this long, as fetchmail does
+
+
+@dataclass(frozen=True)
+class ListenerAddress:
+    """One entry of the smtphost hunt list, parsed."""
+
+    entry: str  # as written in the configuration; used in messages, as fetchmail does
+    host: str | None  # None for a Unix socket
+    port: int | None
+    path: str | None  # a Unix socket path
+    lmtp: bool
+
+    @property
+    def protocol(self) -> str:
+        return "LMTP" if self.lmtp else "SMTP"
+
+    @property
+    def where(self) -> str:
+        """`host/port` as fetchmail's `Trying to connect to ...` line shows it."""
+        return self.path if self.path is not None else f"{self.host}/{self.port}"
+
+
+def parse_hunt_entry(entry: str, *, lmtp: bool) -> ListenerAddress:
+    """`host`, `host/port`, `host/service`, `[v6addr]/port` or `/path/to/socket`.
+
+    An absolute path is a Unix socket and always speaks LMTP (fetchmail: a socket implies
+    LMTP). LMTP over TCP needs an explicit port other than 25, as fetchmail insists.
+    """
+    if entry.startswith("/"):
+        return ListenerAddress(entry, None, None, entry, True)
+    host, slash, port_text = entry.rpartition("/")
+    if not slash:
+        host, port_text = entry, ""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 literal in brackets, as in `[::1]/2525`
+    if not host:
+        raise ConfigError(f"invalid smtphost entry {entry!r}")
+    port: int | None = None
+    if port_text:
+        if port_text.isdigit():
+            port = int(port_text)
+        else:
+            try:
+                port = socket.getservbyname(port_text, "tcp")
+            except OSError:
+                raise ConfigError(f"unknown service {port_text!r} in smtphost {entry!r}") from None
+        if not 0 < port < 65536:
+            raise ConfigError(f"invalid port in smtphost {entry!r}")
+    if lmtp and port in (None, SMTP_PORT):
+        raise ConfigError(f"{entry}: LMTP can't use default SMTP port")
+    return ListenerAddress(entry, host, SMTP_PORT if port is None else port, None, lmtp)
+
+
+class _Broken(Exception):
+    """The connection can no longer be trusted: closed, reset, timed out or garbled."""
+
+    def __init__(self, reason: str, *, stale: bool = False) -> None:
+        super().__init__(reason)
+        # True when it broke at MAIL FROM on a connection kept from an earlier message: the
+        # listener probably dropped an idle connection, which says nothing about this message.
+        self.stale = stale
+
+
+class _Unreachable(_Broken):
+    """No connection could be made at all, so a HELO retry on a fresh one is pointless."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    code: int
+    lines: tuple[str, ...]  # as received, without the line end
+
+    @property
+    def last(self) -> str:
+        """What fetchmail keeps as `smtp_response` and prints in `SMTP error: ...`."""
+        return self.lines[-1]
+
+    @property
+    def text(self) -> str:
+        """The lines without their codes, newline-joined: what aiosmtplib's parser expects."""
+        return "\n".join(line[4:].strip() for line in self.lines)
+
+
+def _outcome_of(code: int) -> Outcome:
+    # 530 is a 5xx, but fetchmail keeps the message ("SMTP server requires STARTTLS, keeping
+    # message."): refusing it for good would drop every message sent to such a listener.
+    if code // 100 == 5 and code != 530:
+        return Outcome.PERMFAIL
+    return Outcome.TEMPFAIL  # 4xx, and anything a listener should not have said here
+
+
+class _Wire:
+    """One listener connection: lockstep commands and replies, each line traced."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: ListenerAddress
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.address = address
+        self.protocol = address.protocol
+        self.extensions: dict[str, str] = {}
+        self.auth_methods: list[str] = []
+        self.transactions = 0  # MAIL FROMs answered on this connection
+        self.last_used = time.monotonic()
+
+    @classmethod
+    async def open(cls, address: ListenerAddress, timeout: float) -> _Wire:
+        try:
+            async with asyncio.timeout(timeout):
+                if address.path is not None:
+                    reader, writer = await asyncio.open_unix_connection(
+                        address.path, limit=_LINE_LIMIT
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        address.host, address.port, limit=_LINE_LIMIT
+                    )
+        except TimeoutError:
+            raise _Unreachable(f"timeout after {timeout:g} seconds") from None
+        except OSError as exc:
+            # asyncio's text ("Connect call failed (...)") hides the reason; the errno has it
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise _Unreachable(reason) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Without it, the small final ".\r\n" after a large write can wait ~40 ms for a
+            # delayed ACK (the per-message cost measured on fetchmail). asyncio sets it on TCP
+            # transports already; we say it here because the throughput depends on it.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer, address)
+
+    def _timed_out(self, timeout: float) -> _Broken:
+        where = self.address.entry
+        return _Broken(f"timeout after {timeout:g} seconds waiting for listener {where}")
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                self.writer.write(data)
+                await self.writer.drain()  # backpressure: at most one chunk waits in our buffer
+        except TimeoutError:
+            raise self._timed_out(timeout) from None
+        except OSError as exc:  # ConnectionResetError, BrokenPipeError, ...
+            raise _Broken(f"connection to listener lost: {exc}") from None
+
+    async def send(self, line: str, timeout: float, *secrets: str | None) -> None:
+        trace.sent(self.protocol, line, *secrets)
+        await self.write(line.encode("utf-8") + b"\r\n", timeout)
+
+    async def reply(self, timeout: float) -> _Reply:
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    raw = await self.reader.readuntil(b"\n")
+                    line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+                    trace.received(self.protocol, line)
+                    if not _REPLY_CODE.fullmatch(line[:3]) or line[3:4] not in ("", " ", "-"):
+                        raise _Broken(f"malformed reply from listener: {line[:80]!r}")
+                    lines.append(line)
+                    if line[3:4] != "-":
+                        break
+                    if len(lines) >= _MAX_REPLY_LINES:
+                        raise _Broken("listener reply has too many lines")
+        except TimeoutError:
+            raise self._timed_out(timeout) from None
+        except asyncio.IncompleteReadError:
+            raise _Broken("listener closed the connection") from None
+        except asyncio.LimitOverrunError:
+            raise _Broken("listener reply line too long") from None
+        except OSError as exc:
+            raise _Broken(f"connection to listener lost: {exc}") from None
+        self.last_used = time.monotonic()
+        return _Reply(int(lines[-1][:3]), tuple(lines))
+
+    async def command(self, line: str, timeout: float, *secrets: str | None) -> _Reply:
+        await self.send(line, timeout, *secrets)
+        return await self.reply(timeout)
+
+    def learn(self, hello: _Reply) -> None:
+        self.extensions, self.auth_methods = parse_esmtp_extensions(hello.text)
+
+    def at_eof(self) -> bool:
+        return self.reader.at_eof() or self.writer.is_closing()
+
+    def abort(self) -> None:
+        """Drop the connection at once: its state is unknown, so nothing more is said."""
+        self.writer.transport.abort()
+
+    async def quit(self, timeout: float) -> None:
+        with contextlib.suppress(_Broken):
+            await self.command("QUIT", timeout)
+        self.writer.close()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.wait_closed()
+        except (TimeoutError, OSError):
+            pass
+
+
+def _trace_eom(protocol: str) -> None:
+    # fetchmail prints the terminator without the space the other lines have: `SMTP>. (EOM)`.
+    if trace.enabled():
+        _console.info("%s>. (EOM)", protocol)
+
+
+class SmtpSink:
+    """Deliver over SMTP (or LMTP) to the first listener of the hunt list that answers."""
+
+    def __init__(
+        self,
+        hunt: Sequence[str],
+        *,
+        lmtp: bool = False,
+        helo_name: str,
+        esmtp_name: str | None = None,
+        esmtp_password: str | None = None,
+        antispam: Iterable[int] = (),
+        timeouts: SmtpTimeouts | None = None,
+        stripcr: bool = False,
+        forcecr: bool = False,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        if not helo_name or _CONTROL.search(helo_name) or " " in helo_name:
+            raise ConfigError(f"invalid name for EHLO: {helo_name!r}")
+        entries = list(hunt) or ["localhost"]  # fetchmail's implicit smtphost
+        self._addresses = [parse_hunt_entry(entry, lmtp=lmtp) for entry in entries]
+        self._helo_name = helo_name
+        self._esmtp_name = esmtp_name
+        self._esmtp_password = esmtp_password
+        self._antispam = frozenset(antispam)
+        self._timeouts = timeouts or SmtpTimeouts()
+        self._stripcr = stripcr
+        self._forcecr = forcecr
+        self._chunk_size = chunk_size
+        self._wire: _Wire | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on the one connection
+
+    # -- the Sink protocol ---------------------------------------------------------------------
+
+    async def deliver(self, envelope: Envelope, message: Message) -> Delivery:
+        if not envelope.recipients:
+            raise ValueError("an envelope needs at least one recipient")
+        for address in (envelope.sender, *envelope.recipients):
+            if _CONTROL.search(address):
+                return Delivery(Outcome.PERMFAIL, reply=f"invalid address {address!r}")
+        async with self._lock:
+            wire = await self._connection()
+            try:
+                return await self._transaction(wire, envelope, message)
+            except _Broken as exc:
+                self._discard(wire)
+                if not exc.stale:
+                    return Delivery(Outcome.TEMPFAIL, reply=str(exc))
+            # The listener dropped the connection we kept from the last message: once more on
+            # a fresh one. Nothing of the message has been read yet, so it can be sent again.
+            wire = await self._connection()
+            try:
+                return await self._transaction(wire, envelope, message)
+            except _Broken as exc:
+                self._discard(wire)
+                return Delivery(Outcome.TEMPFAIL, reply=str(exc))
+
+    async def close(self) -> None:
+        async with self._lock:
+            wire, self._wire = self._wire, None
+            if wire is None:
+                return
+            try:
+                await wire.quit(self._timeouts.command)
+            except Exception:  # close() promises not to raise; the connection is gone anyway
+                wire.abort()
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    async def _connection(self) -> _Wire:
+        wire = self._wire
+        if wire is not None:
+            if wire.at_eof():
+                self._discard(wire)
+            elif time.monotonic() - wire.last_used > self._timeouts.idle:
+                # fetchmail closes a listener connection idle longer than its timeout rather
+                # than find out at MAIL FROM that the listener has timed it out.
+                self._wire = None
+                await wire.quit(self._timeouts.command)
+            else:
+                return wire
+        self._wire = await self._open()
+        return self._wire
+
+    async def _open(self) -> _Wire:
+        failures: list[str] = []
+        for address in self._addresses:
+            try:
+                wire = await self._open_one(address)
+            except _Broken as exc:
+                _console.warning("connection to %s failed: %s.", address.where, exc)
+                failures.append(f"{address.protocol} connect to {address.entry} failed ({exc})")
+                continue
+            return wire
+        raise ListenerUnavailableError("; ".join(failures))
+
+    async def _open_one(self, address: ListenerAddress) -> _Wire:
+        if address.lmtp:
+            return await self._hello(address, f"LHLO {self._helo_name}")
+        try:
+            return await self._hello(address, f"EHLO {self._helo_name}")
+        except _Unreachable:
+            raise
+        except _Broken:
+            pass
+        # RFC 1869 warns that some listeners hang up on a failed EHLO, so fetchmail tries HELO
+        # on a fresh connection rather than on the old one.
+        return await self._hello(address, f"HELO {self._helo_name}")
+
+    async def _hello(self, address: ListenerAddress, hello: str) -> _Wire:
+        wire = await _Wire.open(address, self._timeouts.connect)
+        _console.info("Trying to connect to %s...connected.", address.where)
+        try:
+            greeting = await wire.reply(self._timeouts.greeting)
+            if greeting.code // 100 != 2:
+                raise _Broken(f"greeting {greeting.last}")
+            reply = await wire.command(hello, self._timeouts.command)
+            if reply.code != 250:
+                raise _Broken(f"{hello.split()[0]} refused: {reply.last}")
+            if not hello.startswith("HELO"):
+                wire.learn(reply)
+                await self._authenticate(wire)
+        except BaseException:
+            wire.abort()
+            raise
+        return wire
+
+    async def _authenticate(self, wire: _Wire) -> None:
+        """SMTP AUTH with esmtpname/esmtppassword, in fetchmail's order of mechanisms."""
+        user, password = self._esmtp_name, self._esmtp_password
+        if not user or password is None or "auth" not in wire.extensions:
+            return  # fetchmail authenticates only when asked to and offered
+        refusal: _Reply | None = None
+        for mechanism in ("cram-md5", "plain", "login"):
+            if mechanism in wire.auth_methods:
+                reply = await self._auth_exchange(wire, mechanism, user, password)
+                if reply.code == 235:
+                    return
+                refusal = reply
+        if refusal is not None:
+            # Like a refused EHLO in fetchmail: the caller goes on to HELO, unauthenticated.
+            raise _Broken(f"AUTH refused: {refusal.last}")
+
+    async def _auth_exchange(self, wire: _Wire, mechanism: str, user: str, password: str) -> _Reply:
+        timeout = self._timeouts.command
+        if mechanism == "plain":
+            blob = auth_plain_encode(user, password).decode("ascii")
+            return await wire.command(f"AUTH PLAIN {blob}", timeout, blob, password)
+        if mechanism == "login":
+            user_blob, password_blob = (b.decode() for b in auth_login_encode(user, password))
+            reply = await wire.command("AUTH LOGIN", timeout)
+            if reply.code != 334:
+                return reply
+            reply = await wire.command(user_blob, timeout)
+            if reply.code != 334:
+                return reply
+            return await wire.command(password_blob, timeout, password_blob, password)
+        reply = await wire.command("AUTH CRAM-MD5", timeout)
+        if reply.code != 334:
+            return reply
+        try:
+            answer = auth_crammd5_verify(user, password, reply.last[4:].strip()).decode("ascii")
+        except SMTPAuthenticationError:
+            return await wire.command("*", timeout)  # RFC 4954: cancel the exchange
+        return await wire.command(answer, timeout, answer, password)
+
+    def _discard(self, wire: _Wire) -> None:
+        wire.abort()
+        if self._wire is wire:
+            self._wire = None
+
+    # -- one message ---------------------------------------------------------------------------
+
+    async def _transaction(self, wire: _Wire, envelope: Envelope, message: Message) -> Delivery:
+        try:
+            return await self._dialogue(wire, envelope, message)
+        except _Broken:
+            raise
+        except BaseException:
+            # Cancelled, or the message file failed to read mid-DATA: the listener is in an
+            # unknown state, so the connection must not carry another message.
+            self._discard(wire)
+            raise
+
+    async def _dialogue(self, wire: _Wire, envelope: Envelope, message: Message) -> Delivery:
+        t = self._timeouts
+        params = ""
+        if envelope.eight_bit and "8bitmime" in wire.extensions:
+            params += " BODY=8BITMIME"
+        if "size" in wire.extensions and envelope.size > 0:
+            params += f" SIZE={envelope.size}"
+
+        reused = wire.transactions > 0
+        try:
+            reply = await wire.command(f"MAIL FROM:<{envelope.sender}>{params}", t.command)
+        except _Broken as exc:
+            raise _Broken(str(exc), stale=reused) from None
+        if reply.code == 421 and reused:
+            raise _Broken(reply.last, stale=True)  # it timed out our idle connection
+        wire.transactions += 1
+        if reply.code != 250:
+            return await self._refusal(wire, reply)
+
+        accepted: list[str] = []
+        refused: dict[str, str] = {}
+        refusals: list[_Reply] = []
+        for recipient in envelope.recipients:
+            reply = await wire.command(f"RCPT TO:<{recipient}>", t.command)
+            if reply.code in (250, 251):
+                accepted.append(recipient)
+                continue
+            refused[recipient] = reply.last
+            refusals.append(reply)
+            if reply.code == 421:
+                return await self._refusal(wire, reply, refused)
+        transient = [r for r in refusals if _outcome_of(r.code) is Outcome.TEMPFAIL]
+        if transient:
+            # fetchmail: one transient refusal makes the whole message transient, so that a
+            # multidrop message is never delivered to some recipients and lost for others.
+            return await self._refusal(wire, transient[0], refused)
+        if not accepted:
+            return await self._refusal(wire, refusals[-1], refused, refusals)
+
+        reply = await wire.command("DATA", t.data_init)
+        if reply.code != 354:
+            return await self._refusal(wire, reply, refused)
+        await self._send_message(wire, message)
+        _trace_eom(wire.protocol)
+        if wire.address.lmtp:
+            return await self._lmtp_replies(wire, accepted, refused)
+        reply = await wire.reply(t.data_end)
+        if reply.code == 250:
+            # Some recipients may have been refused at RCPT: like fetchmail, deliver to the
+            # others and report the refused ones (the caller bounces them).
+            return Delivery(Outcome.ACCEPTED, reply=reply.last, refused=refused)
+        return await self._refusal(wire, reply, refused)
+
+    async def _send_message(self, wire: _Wire, message: Message) -> None:
+        """Stream header and body, dot-stuffed, in writes of at most `chunk_size` bytes."""
+        limit = self._chunk_size
+        pending: list[bytes | memoryview] = []
+        size = 0
+        for chunk in self._stuffed(message):
+            view = memoryview(chunk)
+            while view:
+                if size >= limit:
+                    await wire.write(b"".join(pending), self._timeouts.data_block)
+                    pending.clear()
+                    size = 0
+                piece, view = view[: limit - size], view[limit - size :]
+                pending.append(piece)
+                size += len(piece)
+        # The terminator rides with the last chunk: a separate tiny write is what meets the
+        # delayed ACK.
+        pending.append(b".\r\n")
+        await wire.write(b"".join(pending), self._timeouts.data_block)
+
+    def _stuffed(self, message: Message) -> Iterator[bytes]:
+        # The header goes through the same line-end handling and stuffing as the body: with
+        # `bad-header accept` a header line could start with a dot too.
+        chunks = itertools.chain([message.header], read_chunks(message.body, self._chunk_size))
+        converted = convert_line_ends(chunks, stripcr=self._stripcr, forcecr=self._forcecr)
+        return dot_stuff_chunks(converted)
+
+    async def _lmtp_replies(
+        self, wire: _Wire, accepted: list[str], refused: dict[str, str]
+    ) -> Delivery:
+        """RFC 2033: one reply per accepted recipient, in RCPT order."""
+        replies = [(rcpt, await wire.reply(self._timeouts.data_end)) for rcpt in accepted]
+        failed = [(rcpt, reply) for rcpt, reply in replies if reply.code != 250]
+        refused.update((rcpt, reply.last) for rcpt, reply in failed)
+        if any(reply.code == 421 for _, reply in failed):
+            self._discard(wire)
+        if not failed:
+            return Delivery(Outcome.ACCEPTED, reply=replies[-1][1].last, refused=refused)
+        transient = [reply for _, reply in failed if _outcome_of(reply.code) is Outcome.TEMPFAIL]
+        if transient:
+            return Delivery(Outcome.TEMPFAIL, reply=transient[0].last, refused=refused)
+        if len(failed) < len(replies):
+            # Some recipients have the message already. fetchmail bounces the failures and
+            # deletes it: keeping it would deliver it again to those who got it, every poll.
+            return Delivery(Outcome.ACCEPTED, reply=failed[0][1].last, refused=refused)
+        codes = [reply.code for _, reply in failed]
+        return Delivery(
+            Outcome.PERMFAIL,
+            reply=failed[-1][1].last,
+            refused=refused,
+            antispam=all(code in self._antispam for code in codes),
+        )
+
+    async def _refusal(
+        self,
+        wire: _Wire,
+        reply: _Reply,
+        refused: dict[str, str] | None = None,
+        refusals: Sequence[_Reply] = (),
+    ) -> Delivery:
+        """The listener said no: reset the transaction, keep the connection, report why."""
+        outcome = _outcome_of(reply.code)
+        if reply.code == 421:
+            self._discard(wire)  # RFC 5321 3.8: the listener is closing the channel
+        else:
+            await self._reset(wire)
+        codes = [r.code for r in refusals] or [reply.code]
+        antispam = outcome is Outcome.PERMFAIL and all(c in self._antispam for c in codes)
+        return Delivery(outcome, reply=reply.last, refused=dict(refused or {}), antispam=antispam)
+
+    async def _reset(self, wire: _Wire) -> None:
+        try:
+            reply = await wire.command("RSET", self._timeouts.command)
+        except _Broken:
+            self._discard(wire)
+            return
+        if reply.code != 250:
+            self._discard(wire)
