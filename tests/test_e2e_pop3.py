@@ -228,3 +228,175 @@ def test_check_only_reports_and_changes_nothing(
     assert "2 messages for bob at mail.isp.net" in result.stdout
     assert smtpd.transactions == []
     assert len(dovecot.messages("bob")) == 2
+
+
+# -- listener faults: exactly the right messages stay on the server ---------------------------
+
+
+@pytest.mark.smtp_fault(step="rcpt", code=550, text="5.1.1 no such user")
+def test_permanent_refusal_is_kept_with_softbounce(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    rcfile(home, dovecot, test_ca, smtpd)
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr  # read counts as mail
+    assert dovecot.messages("bob") == MESSAGES[:1]
+    assert "not flushed" in result.stdout
+
+
+@pytest.mark.smtp_fault(step="rcpt", code=550, text="5.1.1 no such user")
+def test_permanent_refusal_is_deleted_without_softbounce(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    path = rcfile(home, dovecot, test_ca, smtpd)
+    path.write_text("set no softbounce\n" + path.read_text())
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == []
+
+
+@pytest.mark.smtp_fault(step="eom", drop=True, times=1)
+def test_connection_lost_in_data_keeps_only_that_message(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:2])
+    rcfile(home, dovecot, test_ca, smtpd)
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the first transaction was cut before the 250; the second went through
+    assert dovecot.messages("bob") == MESSAGES[:1]
+    assert [t.data.endswith(MESSAGES[1].split(b"\r\n\r\n", 1)[1]) for t in smtpd.transactions
+            if t.accepted] == [True]
+
+
+@pytest.mark.smtp_fault(step="mail", code=571, text="5.7.1 spam refused")
+def test_antispam_code_is_kept_with_softbounce(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    rcfile(home, dovecot, test_ca, smtpd, "antispam 571")
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == MESSAGES[:1]
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def test_no_sslcertck_accepts_an_unverifiable_certificate(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    path = rcfile(home, dovecot, test_ca, smtpd, "no sslcertck")
+    path.write_text(path.read_text().replace(str(test_ca.ca_cert), str(test_ca.untrusted_cert)))
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == []
+
+
+@pytest.mark.parametrize("form", ["md5", "sha256", "wrong"])
+def test_fingerprint_pins_the_certificate(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, form: str
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    pin = {
+        "md5": test_ca.server_md5,
+        "sha256": test_ca.server_sha256,
+        "wrong": "00:" * 15 + "00",
+    }[form]
+    path = rcfile(home, dovecot, test_ca, smtpd, f'sslfingerprint "{pin}"')
+    # the pin replaces the CA: trust a CA that did not sign the certificate
+    path.write_text(path.read_text().replace(str(test_ca.ca_cert), str(test_ca.untrusted_cert)))
+    result = pyfetch(home)
+    if form == "wrong":
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert dovecot.messages("bob") == MESSAGES[:1]
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert dovecot.messages("bob") == []
+
+
+def test_implicit_tls_on_the_pop3s_port(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    path = rcfile(home, dovecot, test_ca, smtpd, "ssl")
+    path.write_text(path.read_text().replace(
+        f"service {dovecot.ports['pop3']}", f"service {dovecot.ports['pop3s']}"
+    ))
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == []
+
+
+# -- other sinks, hooks, output -------------------------------------------------------------
+
+
+def test_mda_gets_the_message_and_a_hostile_sender_runs_nothing(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, tmp_path: Path
+) -> None:
+    hostile = (
+        b"From: $(touch " + str(tmp_path / "pwned").encode() + b")@example.org\r\n"
+        b"Subject: x\r\n\r\nbody\r\n"
+    )
+    dovecot.seed("bob", [hostile])
+    out = tmp_path / "mda-out"
+    rcfile(home, dovecot, test_ca, smtpd, f"mda \"cat > {out}; echo %F > {out}.from\"")
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "pwned").exists()
+    delivered = out.read_bytes()
+    assert delivered.endswith(b"Subject: x\n\nbody\n")  # stripcr is on for an MDA
+    assert b"\r" not in delivered
+    assert dovecot.messages("bob") == []
+    assert smtpd.transactions == []
+
+
+def test_bsmtp_file(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, tmp_path: Path
+) -> None:
+    dovecot.seed("bob", MESSAGES[1:2])
+    batch = tmp_path / "out.bsmtp"
+    rcfile(home, dovecot, test_ca, smtpd, f"bsmtp {batch}")
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = batch.read_bytes()
+    assert text.startswith(
+        b"MAIL FROM:<carol@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n"
+    )
+    # dot-stuffed in the batch: ".a", "." and ".." became "..a", ".." and "..."
+    assert b"\r\n\r\n..a line with a leading dot\r\n..\r\n...\r\nlast line\r\n" in text
+    assert text.endswith(b"last line\r\n.\r\n")
+
+
+def test_failing_preconnect_aborts_the_poll_with_exit_5(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    rcfile(home, dovecot, test_ca, smtpd, 'preconnect "exit 3"')
+    result = pyfetch(home)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "pre-connection command failed with status 3" in result.stderr
+    assert dovecot.messages("bob") == MESSAGES[:1]
+
+
+def test_postconnect_runs_after_the_poll(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, tmp_path: Path
+) -> None:
+    marker = tmp_path / "post"
+    rcfile(home, dovecot, test_ca, smtpd, f'postconnect "touch {marker}"')
+    result = pyfetch(home)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert marker.exists()
+
+
+def test_silent_prints_nothing(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    rcfile(home, dovecot, test_ca, smtpd)
+    result = pyfetch(home, "-s")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert len(smtpd.transactions) == 1
