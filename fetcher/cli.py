@@ -89,6 +89,12 @@ def _run(cmd: CommandLine) -> ExitCode:
             _report(problem)
         return ExitCode.SYNTAX
     resolve_passwords(config, env.netrc_path)
+    if config.globals.poll_interval > 0:
+        # Said, never silently ignored: the daemon loop comes with its own issue.
+        _report(
+            "daemon mode (-d/set daemon) is not available in this release; polling once"
+            " (use -d0 to poll once without this notice)."
+        )
     setup_trace(cmd.verbose)
     reporter = Reporter(verbose=cmd.verbose, silent=cmd.silent)
     return poll_all(config, reporter, check_only=cmd.check)

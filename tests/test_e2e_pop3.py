@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
+from servers.postfix import Postfix, strip_added_headers
 from servers.smtp import SMTPServer
 
 MESSAGES = [
@@ -399,4 +400,49 @@ def test_silent_prints_nothing(
     rcfile(home, dovecot, test_ca, smtpd)
     result = pyfetch(home, "-s")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert len(smtpd.transactions) == 1
+
+
+# -- the sample configuration, through a real Postfix ------------------------------------------
+
+
+def test_sample_rcfile_delivers_byte_for_byte_through_postfix(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, postfix: Postfix
+) -> None:
+    """sample.fetchmailrc, pointed at the test servers, delivers every seeded message into
+    Postfix's Maildir exactly, apart from the Received line added and Return-Path taken, and
+    leaves nothing on the server."""
+    sample = (ROOT / "sample.fetchmailrc").read_text()
+    host, port = postfix.address
+    sample = sample.replace(
+        "poll mail.isp.net proto POP3",
+        f"poll mail.isp.net via 127.0.0.1 service {dovecot.ports['pop3']} proto POP3",
+    ).replace(
+        "user bob is bob here",
+        f"user bob is bob here sslcertfile {test_ca.ca_cert} sslcommonname localhost"
+        f" smtphost {host}/{port}",
+    )
+    assert f"service {dovecot.ports['pop3']}" in sample and "smtphost 127.0.0.1/" in sample
+    rc = home / ".fetchmailrc"
+    rc.write_text(sample)
+    rc.chmod(0o600)
+    dovecot.seed("bob", MESSAGES)
+    result = pyfetch(home, "-d0")  # the sample sets `daemon 180`; -d0 polls once
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = postfix.wait_for_delivery(len(MESSAGES))
+    got = sorted(delivered_body(strip_added_headers(m)) for m in stored)
+    expected = sorted(m.removeprefix(b"Return-Path: <alice@example.org>\r\n") for m in MESSAGES)
+    assert got == expected
+    assert dovecot.messages("bob") == []
+
+
+def test_daemon_setting_is_announced_and_polls_once(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    path = rcfile(home, dovecot, test_ca, smtpd)
+    path.write_text("set daemon 60\n" + path.read_text())
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "daemon mode (-d/set daemon) is not available in this release" in result.stderr
     assert len(smtpd.transactions) == 1
