@@ -91,6 +91,7 @@ class AccountPoll:
         self.policy = policy_for(user, server, globals_)
         self.key = account_key(user.remote, server.queryname)
         self._sink: Sink | None = None
+        self._batch = 0  # messages handed to the current sink connection
 
     async def run(self) -> PollResult:
         server, user = self.server, self.user
@@ -103,9 +104,23 @@ class AccountPoll:
                 await asyncio.to_thread(run_hook, user.postconnect, "post-connection")
             return result
         finally:
+            if self._sink is not None:
+                await self._sink.close()
             self.reporter.poll_completed(server.pollname, server.protocol)
 
     async def _poll(self) -> PollResult:
+        """Sessions until the mailbox is done: with `expunge N`, POP3 QUITs after every N
+        deletions (so that they take effect) and logs in again for the rest."""
+        total = PollResult(ExitCode.NOMAIL)
+        while True:
+            result, more = await self._session(total.fetched)
+            total.fetched = result.fetched
+            if result.status is not ExitCode.NOMAIL or total.status is ExitCode.NOMAIL:
+                total.status = result.status
+            if not more:
+                return total
+
+    async def _session(self, fetched: int) -> tuple[PollResult, bool]:
         driver = self.make_driver(self.server, self.user)
         committed = False
         try:
@@ -115,18 +130,18 @@ class AccountPoll:
             seen = self.store.seen(self.key) if self.store else frozenset()
             delivered = self.store.delivered(self.key) if self.store else frozenset()
             decisions = plan_mailbox(listing, seen, self.policy, delivered)
+            more = False
+            deleted: list[str | None] = []
             if self.check_only:
                 result = self._check(decisions)
             else:
-                result, deleted = await self._work(driver, decisions)
+                result, deleted, more = await self._work(driver, decisions, fetched)
             await asyncio.to_thread(driver.commit)
             committed = True
             if self.store is not None and not self.check_only:
                 self.store.expunged(self.key, {uid for uid in deleted if uid is not None})
-            return result
+            return result, more
         finally:
-            if self._sink is not None:
-                await self._sink.close()
             if not committed:
                 await asyncio.to_thread(driver.close)
 
@@ -142,8 +157,10 @@ class AccountPoll:
         return PollResult(ExitCode.SUCCESS if new else ExitCode.NOMAIL)
 
     async def _work(
-        self, driver: MailboxDriver, decisions: list[Decision]
-    ) -> tuple[PollResult, list[str | None]]:
+        self, driver: MailboxDriver, decisions: list[Decision], fetched: int
+    ) -> tuple[PollResult, list[str | None], bool]:
+        """Work through one session's decisions. Returns the result, the UIDs deleted, and
+        whether the session stopped early for `expunge` with work left."""
         user, server, report = self.user, self.server, self.reporter
         total, seen, octets = count_new(decisions)
         if not any(d.action is Action.FETCH for d in decisions) and not seen:
@@ -151,9 +168,14 @@ class AccountPoll:
         if total:
             report.message_count(user.remote, server.pollname, total, seen, octets)
         deleted: list[str | None] = []
-        fetched = 0
         status = ExitCode.NOMAIL
         for index, decision in enumerate(decisions):
+            if self.user.expunge and len(deleted) >= self.user.expunge:
+                pending = any(
+                    d.action is Action.FETCH or d.action in _DELETING for d in decisions[index:]
+                )
+                if pending:
+                    return PollResult(status, fetched), deleted, True
             info = decision.message
             if decision.action is Action.FETCH:
                 if fetchlimit_reached(fetched, self.policy):
@@ -193,7 +215,7 @@ class AccountPoll:
                     user.remote, server.queryname, info.number, info.size, "oversized",
                     flushed=False,
                 )
-        return PollResult(status, fetched), deleted
+        return PollResult(status, fetched), deleted, False
 
     async def _fetch_and_deliver(self, driver: MailboxDriver, info: MessageInfo) -> Delivery:
         with _spool() as spool:
@@ -213,7 +235,14 @@ class AccountPoll:
             envelope, message = prepared
             if self._sink is None:
                 self._sink = self.make_sink(self.server, self.user, self.globals)
-            return await self._sink.deliver(envelope, message)
+                self._batch = 0
+            delivery = await self._sink.deliver(envelope, message)
+            self._batch += 1
+            if self.user.batchlimit and self._batch >= self.user.batchlimit:
+                # `batchlimit N`: a fresh listener connection after every N messages
+                await self._sink.close()
+                self._sink = None
+            return delivery
 
 
 _DELETING = frozenset({Action.FLUSH, Action.FLUSH_OVERSIZED, Action.DELETE_DELIVERED})

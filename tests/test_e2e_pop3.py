@@ -446,3 +446,27 @@ def test_daemon_setting_is_announced_and_polls_once(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "daemon mode (-d/set daemon) is not available in this release" in result.stderr
     assert len(smtpd.transactions) == 1
+
+
+def test_expunge_quits_and_logs_in_again_every_n_deletions(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES)
+    rcfile(home, dovecot, test_ca, smtpd, "expunge 1", server_options="auth password")
+    result = pyfetch(home, "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("pyfetch: POP3> QUIT") == 3  # one session per deletion
+    assert result.stdout.count("pyfetch: POP3> PASS *") == 3
+    assert len(smtpd.transactions) == 3
+    assert dovecot.messages("bob") == []
+
+
+def test_batchlimit_reconnects_to_the_listener(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES)
+    rcfile(home, dovecot, test_ca, smtpd, "batchlimit 2")
+    result = pyfetch(home, "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("pyfetch: SMTP> EHLO") == 2  # messages 1-2, then 3
+    assert len(smtpd.transactions) == 3
