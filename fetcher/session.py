@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from fetcher import message as msg
+from fetcher.bounce import bounce_recipient, build_bounce
+from fetcher.config import local_hostname
 from fetcher.drivers.base import MailboxDriver, MessageInfo
-from fetcher.errors import HookError
+from fetcher.errors import HookError, PyfetchError
 from fetcher.exitcodes import ExitCode
 from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.plan import (
@@ -30,7 +32,8 @@ from fetcher.plan import (
     plan_mailbox,
 )
 from fetcher.report import Reporter
-from fetcher.sinks.base import Delivery, Sink
+from fetcher.sinks.base import Delivery, Envelope, Outcome, Sink
+from fetcher.sinks.smtp import SmtpSink
 from fetcher.uidstore import UidStore, account_key
 
 # Messages up to this size stay in memory while they pass through; larger ones go to a
@@ -92,6 +95,7 @@ class AccountPoll:
         self.key = account_key(user.remote, server.queryname)
         self._sink: Sink | None = None
         self._batch = 0  # messages handed to the current sink connection
+        self._last: tuple[Envelope | None, bytes] = (None, b"")  # for a bounce
 
     async def run(self) -> PollResult:
         server, user = self.server, self.user
@@ -190,6 +194,9 @@ class AccountPoll:
                 if status is ExitCode.NOMAIL:
                     status = ExitCode.SUCCESS
                 disposition = after_delivery(delivery, self.policy)
+                refused = disposition is Disposition.DELETE and delivery.outcome is Outcome.PERMFAIL
+                if refused and not await self._bounce(delivery):
+                    disposition = Disposition.RETRY  # nobody could be told: keep it
                 if disposition is not Disposition.RETRY and info.uid is not None and self.store:
                     # durable before the DELE: a crash from here on delivers nothing twice
                     self.store.record(
@@ -217,7 +224,38 @@ class AccountPoll:
                 )
         return PollResult(status, fetched), deleted, False
 
+    async def _bounce(self, delivery: Delivery) -> bool:
+        """Tell the sender (or the postmaster) before a refused message is dropped; False if
+        that failed, so that the message stays on the server."""
+        envelope, header = self._last
+        if delivery.antispam and not self.globals.spambounce:
+            return True  # spam is dropped silently, as fetchmail does
+        to = bounce_recipient(
+            envelope.sender if envelope else "",
+            bouncemail=self.globals.bouncemail,
+            postmaster=self.globals.postmaster,
+        )
+        if to is None:
+            return True  # the null sender is never bounced to
+        recipients = envelope.recipients if envelope else [self.user.remote]
+        bounce = build_bounce(
+            to=to, recipients=recipients, delivery=delivery, original_header=header,
+            local_host=local_hostname(),
+        )
+        sink = SmtpSink(self.user.smtphunt, helo_name=local_hostname())
+        try:
+            result = await sink.deliver(*bounce)
+        except PyfetchError as err:
+            self.reporter.error(f"could not send a bounce to {to}: {err.message}")
+            return False
+        finally:
+            await sink.close()
+        if result.outcome is not Outcome.ACCEPTED:
+            self.reporter.error(f"could not send a bounce to {to}: {result.reply}")
+        return result.outcome is Outcome.ACCEPTED
+
     async def _fetch_and_deliver(self, driver: MailboxDriver, info: MessageInfo) -> Delivery:
+        self._last = (None, b"")
         with _spool() as spool:
             await asyncio.to_thread(driver.retrieve, info.number, spool, peek=self.policy.peek)
             spool.seek(0)
@@ -233,6 +271,7 @@ class AccountPoll:
             if isinstance(prepared, Delivery):  # refused before delivery (bad header)
                 return prepared
             envelope, message = prepared
+            self._last = (envelope, message.header)
             if self._sink is None:
                 self._sink = self.make_sink(self.server, self.user, self.globals)
                 self._batch = 0

@@ -246,8 +246,10 @@ def test_permanent_refusal_is_kept_with_softbounce(
     assert "not flushed" in result.stdout
 
 
-@pytest.mark.smtp_fault(step="rcpt", code=550, text="5.1.1 no such user")
-def test_permanent_refusal_is_deleted_without_softbounce(
+@pytest.mark.smtp_fault(
+    step="rcpt", code=550, text="5.1.1 no such user", recipient="bob@127.0.0.1"
+)
+def test_permanent_refusal_is_bounced_then_deleted_without_softbounce(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
 ) -> None:
     dovecot.seed("bob", MESSAGES[:1])
@@ -256,6 +258,25 @@ def test_permanent_refusal_is_deleted_without_softbounce(
     result = pyfetch(home)
     assert result.returncode == 0, result.stdout + result.stderr
     assert dovecot.messages("bob") == []
+    (bounce,) = smtpd.transactions  # the refused message itself never arrived
+    assert (bounce.mail_from, bounce.rcpt_tos) == ("<>", ["alice@example.org"])  # null sender
+    assert b"Content-Type: message/delivery-status" in bounce.data
+    assert b"550 5.1.1 no such user" in bounce.data
+    assert b"Subject: one" in bounce.data  # the original header goes back to the sender
+
+
+@pytest.mark.smtp_fault(step="rcpt", code=550, text="5.1.1 no such user")
+def test_refusal_that_cannot_be_bounced_is_kept(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    """Every RCPT is refused, the bounce's too: nobody was told, so nothing is dropped."""
+    dovecot.seed("bob", MESSAGES[:1])
+    path = rcfile(home, dovecot, test_ca, smtpd)
+    path.write_text("set no softbounce\n" + path.read_text())
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == MESSAGES[:1]
+    assert "could not send a bounce to alice@example.org" in result.stderr
 
 
 @pytest.mark.smtp_fault(step="eom", drop=True, times=1)
