@@ -35,3 +35,9 @@ def received(protocol: str, line: str, *secrets: str | None) -> None:
     """A reply line we received, e.g. `POP3< +OK Logged in.`"""
     if _log.isEnabledFor(logging.INFO):
         _log.info("%s< %s", protocol, redact(line, *secrets))
+
+
+def note(text: str) -> None:
+    """A -v line that is not protocol dialogue, e.g. `Trying to connect to H/P...connected.`"""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info("%s", text)

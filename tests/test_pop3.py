@@ -640,7 +640,8 @@ def test_trace(trace_log: pytest.LogCaptureFixture) -> None:
         d.retrieve(1, io.BytesIO(), peek=False)
         d.commit()
     lines = trace_lines(trace_log)
-    assert lines[:3] == [
+    assert lines[:4] == [
+        f"Trying to connect to 127.0.0.1/{server.port}...connected.",
         "POP3< +OK fake POP3 server ready",
         "POP3> CAPA",
         "POP3< +OK Capability list follows",
@@ -935,3 +936,14 @@ def test_dovecot_certificate_not_trusted_by_the_system(dovecot: Dovecot) -> None
     implicit = dovecot_driver(dovecot, None, implicit=True)
     with pytest.raises(TLSError, match="certificate verification error"):
         implicit.connect()
+
+
+def test_auth_plain_when_the_server_turned_user_off(trace_log: pytest.LogCaptureFixture) -> None:
+    with fake(capabilities=("TOP", "UIDL", "SASL PLAIN")) as server:
+        d = driver(server, sslproto="")
+        session(d)
+        d.commit()
+        verbs = [r.verb for r in server.received]
+    assert "USER" not in verbs and "PASS" not in verbs
+    assert "POP3> AUTH PLAIN *" in trace_lines(trace_log)
+    assert PASSWORD not in trace_log.text

@@ -220,6 +220,9 @@ class Pop3Driver:
             # The strongest method offered first; fetchmail falls back after a refused AUTH.
             if "CRAM-MD5" in self._sasl_mechanisms() and self._cram_md5(may_fall_back=True):
                 return
+            if self._user_disabled() and "PLAIN" in self._sasl_mechanisms():
+                self._plain()  # a server that turned USER/PASS off but takes SASL PLAIN
+                return
             self._user_pass()
         elif auth == "password":
             self._user_pass()
@@ -326,6 +329,7 @@ class Pop3Driver:
                 f"connection to {self.host}:{port} failed: {reason}"
             ) from err
         self._conn = conn
+        trace.note(f"Trying to connect to {self.host}/{port}...connected.")
         # A factory may hand us something that is not TCP; latency is all we would lose.
         with contextlib.suppress(OSError, AttributeError):
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -445,6 +449,15 @@ class Pop3Driver:
         password = self._password()
         self._auth_step(f"USER {self.user.remote}")
         self._auth_step(f"PASS {password}", password)
+
+    def _user_disabled(self) -> bool:
+        return self.capa_supported and "USER" not in self.capabilities
+
+    def _plain(self) -> None:
+        """AUTH PLAIN with the initial response (RFC 5034): one round trip, secret redacted."""
+        password = self._password()
+        token = base64.b64encode(f"\0{self.user.remote}\0{password}".encode()).decode("ascii")
+        self._auth_step(f"AUTH PLAIN {token}", password, token)
 
     def _apop(self) -> None:
         password = self._password()

@@ -1,7 +1,7 @@
 """A scripted POP3 server on a real 127.0.0.1 socket, one thread per connection.
 
 It speaks enough RFC 1939/2449/2595 for the driver (CAPA, STLS, USER/PASS, APOP,
-AUTH CRAM-MD5, STAT, LIST, UIDL, TOP, RETR, DELE, NOOP, RSET, QUIT). Its value is in what
+AUTH CRAM-MD5, AUTH PLAIN, STAT, LIST, UIDL, TOP, RETR, DELE, NOOP, RSET, QUIT). Its value is in what
 a real server will not do on request:
 
 - advertise STLS or strip it (`advertise_stls`), and accept or refuse it (`tls_context`);
@@ -290,6 +290,17 @@ class FakePop3Server:
         return True
 
     def _cmd_auth(self, s: _Session, arg: str) -> bool:
+        mechanism, _, initial = arg.partition(" ")
+        if mechanism.upper() == "PLAIN" and "SASL PLAIN" in self.capabilities:
+            try:
+                _authzid, name, password = base64.b64decode(initial).decode().split("\0")
+            except ValueError:
+                s.line("-ERR bad response")
+                return True
+            if name == self.user and hmac.compare_digest(password, self.password):
+                return self._logged_in(s)
+            s.line("-ERR [AUTH] Authentication failed.")
+            return True
         if arg.upper() != "CRAM-MD5" or not self.cram_md5:
             s.line("-ERR unsupported mechanism")
             return True
