@@ -1,7 +1,8 @@
 """A scripted POP3 server on a real 127.0.0.1 socket, one thread per connection.
 
 It speaks enough RFC 1939/2449/2595 for the driver (CAPA, STLS, USER/PASS, APOP,
-AUTH CRAM-MD5, AUTH PLAIN, STAT, LIST, UIDL, TOP, RETR, DELE, NOOP, RSET, QUIT). Its value is in what
+AUTH CRAM-MD5, AUTH PLAIN, STAT, LIST, UIDL, TOP, RETR, DELE, NOOP, RSET, QUIT). Its value
+is in what
 a real server will not do on request:
 
 - advertise STLS or strip it (`advertise_stls`), and accept or refuse it (`tls_context`);
