@@ -2,8 +2,7 @@
 
 It speaks enough RFC 1939/2449/2595 for the driver (CAPA, STLS, USER/PASS, APOP,
 AUTH CRAM-MD5, AUTH PLAIN, STAT, LIST, UIDL, TOP, RETR, DELE, NOOP, RSET, QUIT). Its value
-is in what
-a real server will not do on request:
+is in what a real server will not do on request:
 
 - advertise STLS or strip it (`advertise_stls`), and accept or refuse it (`tls_context`);
 - inject plaintext after "+OK" to STLS (`inject_after_stls`);
