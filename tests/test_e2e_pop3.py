@@ -491,3 +491,42 @@ def test_batchlimit_reconnects_to_the_listener(
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("pyfetch: SMTP> EHLO") == 2  # messages 1-2, then 3
     assert len(smtpd.transactions) == 3
+
+
+def test_lmtp_delivery_into_dovecot(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    """A real LMTP server: Dovecot's own, delivering into another user's mailbox."""
+    dovecot.add_user("carol", "unused")
+    dovecot.seed("bob", MESSAGES[:2])
+    path = rcfile(home, dovecot, test_ca, smtpd, "lmtp")
+    host, port = smtpd.address
+    path.write_text(
+        path.read_text()
+        .replace("is bob here", "is carol here")
+        .replace(f"smtphost {host}/{port}", f"smtphost 127.0.0.1/{dovecot.ports['lmtp']}")
+    )
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == []
+
+    def body(message: bytes) -> bytes:  # Dovecot stores LF line ends
+        return message.replace(b"\r\n", b"\n").split(b"\n\n", 1)[1]
+
+    assert sorted(map(body, dovecot.messages("carol"))) == sorted(map(body, MESSAGES[:2]))
+
+
+def test_several_accounts_exit_0_if_any_got_mail(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, closed_port: int
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    good = rcfile(home, dovecot, test_ca, smtpd).read_text()
+    broken = f"poll down.isp.net via 127.0.0.1 service {closed_port} user x password y\n"
+    rc = home / ".fetchmailrc"
+    rc.write_text(good + broken)
+    first = pyfetch(home)
+    assert first.returncode == 0, first.stdout + first.stderr  # mail from the first account
+    assert f"connection to 127.0.0.1:{closed_port} failed" in first.stderr
+    rc.write_text(broken + good)
+    second = pyfetch(home)
+    assert second.returncode == 1, second.stdout + second.stderr  # the last one's: no mail
