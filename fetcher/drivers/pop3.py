@@ -25,6 +25,7 @@ import poplib
 import re
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -585,14 +586,8 @@ class Pop3Driver:
             )
         conn = self._require_connection()
         trace.sent(PROTO, line, *secrets)
-        try:
+        with self._wire():
             conn.sock.sendall(line.encode("utf-8") + b"\r\n")
-        except TimeoutError as err:
-            self._abort()
-            raise self._timeout_error() from err
-        except OSError as err:
-            self._abort()
-            raise self._lost(err) from err
 
     def _read_status(self, *secrets: str) -> Reply:
         raw = self._read_line(MAX_REPLY_LINE, what="reply")
@@ -609,14 +604,8 @@ class Pop3Driver:
     def _read_line(self, limit: int, *, what: str) -> bytes:
         """One line without its CRLF (a bare LF is tolerated), of at most `limit` octets."""
         conn = self._require_connection()
-        try:
+        with self._wire():
             raw = conn.file.readline(limit + 2)
-        except TimeoutError as err:
-            self._abort()
-            raise self._timeout_error() from err
-        except OSError as err:
-            self._abort()
-            raise self._lost(err) from err
         if raw.endswith(b"\r\n"):
             return raw[:-2]
         if raw.endswith(b"\n"):
@@ -627,6 +616,18 @@ class Pop3Driver:
         raise ServerConnectionError(
             f"connection to {self.host}:{self.port} lost: the server closed it during the {what}"
         )
+
+    @contextlib.contextmanager
+    def _wire(self) -> Iterator[None]:
+        """Socket failures as the driver's errors; the connection is dropped first."""
+        try:
+            yield
+        except TimeoutError as err:
+            self._abort()
+            raise self._timeout_error() from err
+        except OSError as err:
+            self._abort()
+            raise self._lost(err) from err
 
     def _abort(self) -> None:
         # After a timeout, a dropped line or garbage the dialogue is out of step: nothing more
