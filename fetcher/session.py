@@ -167,10 +167,10 @@ class AccountPoll:
         whether the session stopped early for `expunge` with work left."""
         user, server, report = self.user, self.server, self.reporter
         total, seen, octets = count_new(decisions)
-        if not any(d.action is Action.FETCH for d in decisions) and not seen:
-            report.no_mail(user.remote, server.pollname)
         if total:
             report.message_count(user.remote, server.pollname, total, seen, octets)
+        else:
+            report.no_mail(user.remote, server.pollname)
         deleted: list[str | None] = []
         status = ExitCode.NOMAIL
         for index, decision in enumerate(decisions):
