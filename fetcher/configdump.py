@@ -19,6 +19,10 @@ def _fields(cls: type[Any]) -> tuple[str, ...]:
     return tuple(dumped_fields(cls))
 
 
+# Keys fetchmail does not have; leaving them out when unset keeps the dump comparable.
+_EXTENSIONS = frozenset({"passwordeval"})
+
+
 def configdump(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _fields(GlobalOptions):
@@ -50,6 +54,9 @@ def _user(user: UserOptions) -> dict[str, Any]:
             out[name] = [*names, "*"] if user.wildcard else names
         elif name == "antispam":
             out[name] = " ".join(str(code) for code in user.antispam)
+        elif name in _EXTENSIONS:
+            if getattr(user, name) is not None:  # pyfetch's own keys appear only when set
+                out[name] = getattr(user, name)
         else:
             out[name] = _plain(getattr(user, name))
     return out

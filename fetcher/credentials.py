@@ -8,6 +8,7 @@ terminal to ask on, the run ends with exit 3 and `can't find a password for user
 from __future__ import annotations
 
 import getpass
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,38 @@ def netrc_password(path: str, server: ServerOptions, user: UserOptions) -> str |
 
 Prompt = Callable[[str], str]
 
+# A token helper may have to refresh an OAuth2 token over the network: give it time, not forever.
+PASSWORDEVAL_TIMEOUT = 60
+
+
+def password_from_command(command: str, server: ServerOptions, user: UserOptions) -> str:
+    """`passwordeval "cmd"`: the command's standard output, without the final line end.
+
+    Its output is a secret: it goes nowhere but into the login, and errors name the account and
+    the command's status, never what it printed.
+    """
+    account = f"{user.remote}@{server.pollname}"
+    try:
+        result = subprocess.run(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            timeout=PASSWORDEVAL_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise CredentialsError(
+            f"passwordeval for {account} did not finish in {PASSWORDEVAL_TIMEOUT} seconds"
+        ) from None
+    if result.returncode != 0:
+        raise CredentialsError(
+            f"passwordeval for {account} failed with status {result.returncode}"
+        )
+    password = result.stdout.decode("utf-8", "surrogateescape").rstrip("\r\n")
+    if not password:
+        raise CredentialsError(f"passwordeval for {account} printed no password")
+    return password
+
 
 def resolve_passwords(
     config: Config,
@@ -105,6 +138,9 @@ def resolve_passwords(
         interactive = sys.stdin.isatty()
     ask = prompt or getpass.getpass
     for server, user in config.selected_accounts():
+        if user.passwordeval is not None:
+            user.password = password_from_command(user.passwordeval, server, user)
+            continue
         if user.password is not None or not needs_password(server):
             continue
         user.password = netrc_password(netrc_path, server, user)

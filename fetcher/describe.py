@@ -150,7 +150,9 @@ def _describe_account(
             if server.skip
             else "  This host will be queried when no host is specified."
         )
-    if needs_password(server):
+    if user.passwordeval is not None:
+        add("  Password will be taken from a command (passwordeval).")
+    elif needs_password(server):
         if user.password is None:
             add("  Password will be prompted for.")
         elif verbose:

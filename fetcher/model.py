@@ -78,6 +78,8 @@ class UserOptions:
     smtpname: str | None = None
     antispam: list[int] = field(default_factory=list)
     mailboxes: list[str] = field(default_factory=list)
+    # pyfetch's own keys (fetchmail has none): dumped only when set
+    passwordeval: str | None = None
     wildcard: bool = field(default=False, metadata=_HIDDEN)  # `is *`: dumped in localnames
     smtphunt_default: bool = field(default=False, metadata=_HIDDEN)  # no smtphost was given
     fetchdomains_default: bool = field(default=False, metadata=_HIDDEN)  # ETRN/ODMR: this host

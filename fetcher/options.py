@@ -170,6 +170,7 @@ _HELP_ROWS: tuple[tuple[str, str], ...] = (
     ("    --fetchdomains", "fetch mail for specified domains"),
     ("-D, --smtpaddress", "set SMTP delivery domain to use"),
     ("    --smtpname", "set SMTP full name username@domain"),
+    ("    --passwordeval", "take the password (or OAuth2 token) from a command's output"),
     ("-Z, --antispam", "set antispam response values"),
     ("-b, --batchlimit", "set batch limit for SMTP connections"),
     ("-B, --fetchlimit", "set fetch limit for server connections"),
@@ -298,7 +299,10 @@ _LONG_OPTIONS: tuple[_Option, ...] = (
 
 # pyfetch's own long options. They are matched only when no fetchmail option matches, even
 # by prefix, so every abbreviation fetchmail accepts keeps its meaning (`--fo` = --folder).
-_EXTRA_LONG_OPTIONS: tuple[_Option, ...] = (_opt("format", "format", True),)
+_EXTRA_LONG_OPTIONS: tuple[_Option, ...] = (
+    _opt("format", "format", True),
+    _opt("passwordeval", "passwordeval", True),  # the password from a command's output
+)
 
 # fetchmail 6.4.37's short-option string. Unlike older releases it has no `A:`: `-A` is
 # reported as an invalid option (checked), and so are -T and -h.
@@ -726,6 +730,8 @@ class _Parser:
                 user["smtpaddress"] = value
             case "smtpname":
                 user["smtpname"] = value
+            case "passwordeval":
+                user["passwordeval"] = value
             case "ssl":
                 user["ssl"] = True
             case "sslkey" | "sslcert" | "sslcertfile" | "sslcertpath":

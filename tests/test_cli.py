@@ -306,3 +306,13 @@ def test_a_bug_ends_with_exit_23_and_no_secret(
     err = capsys.readouterr().err
     assert err.startswith("pyfetch: internal error (ValueError at test_cli.py:")
     assert "hunter2" not in err
+
+
+def test_passwordeval_on_the_command_line_shows_in_configdump(home: Path) -> None:
+    write_rc(home / ".fetchmailrc", "poll mail.isp.net user bob\n")
+    result = pyfetch("--configdump", "--passwordeval", "pass show mail", home=home)
+    assert result.returncode == 0, result.stderr
+    (user,) = json.loads(result.stdout)["servers"][0]["users"]
+    assert user["passwordeval"] == "pass show mail"
+    plain = json.loads(pyfetch("--configdump", home=home).stdout)
+    assert "passwordeval" not in plain["servers"][0]["users"][0]  # fetchmail's keys only

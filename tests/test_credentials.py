@@ -86,3 +86,26 @@ def test_no_password_needed_for_external_auth(tmp_path: Path) -> None:
 def test_netrc_parser_reads_words_across_lines() -> None:
     (entry,) = parse_netrc("machine\n h\n login\n u password\n p account a\n")
     assert (entry.machine, entry.login, entry.password) == ("h", "u", "p")
+
+
+def test_passwordeval_output_is_the_password(tmp_path: Path) -> None:
+    cfg = config("poll mail.isp.net user bob passwordeval \"printf 's3cret\\\\n'\"")
+    resolve_passwords(cfg, str(tmp_path / "none"), interactive=False)
+    assert passwords(cfg) == ["s3cret"]
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("echo leaked-token; exit 4", "passwordeval for bob@mail.isp.net failed with status 4"),
+        ("true", "passwordeval for bob@mail.isp.net printed no password"),
+    ],
+)
+def test_failing_passwordeval_names_the_account_not_the_output(
+    tmp_path: Path, command: str, message: str
+) -> None:
+    cfg = config(f'poll mail.isp.net user bob passwordeval "{command}"')
+    with pytest.raises(CredentialsError) as info:
+        resolve_passwords(cfg, str(tmp_path / "none"), interactive=False)
+    assert str(info.value) == message
+    assert info.value.exit_code == ExitCode.AUTHFAIL

@@ -556,3 +556,16 @@ def test_message_delivered_before_a_crash_is_deleted_not_delivered_again(
     assert b"Subject: two" in only.data
     assert dovecot.messages("bob") == []
     assert not journal.exists()  # everything confirmed: nothing left pending
+
+
+def test_passwordeval_logs_in_and_is_never_shown(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    path = rcfile(home, dovecot, test_ca, smtpd, server_options="auth password")
+    path.write_text(path.read_text().replace("password hidden", "passwordeval \"echo hidden\""))
+    result = pyfetch(home, "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pyfetch: POP3> PASS *" in result.stdout
+    assert "hidden" not in result.stdout + result.stderr
+    assert dovecot.messages("bob") == []

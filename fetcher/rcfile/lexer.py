@@ -103,6 +103,7 @@ class T(enum.IntEnum):
     FASTUIDL = enum.auto()
     EXPUNGE = enum.auto()
     PROPERTIES = enum.auto()
+    PASSWORDEVAL = enum.auto()  # pyfetch's own: the password from a command's output
     IS = enum.auto()
     HERE = enum.auto()
     THERE = enum.auto()
@@ -202,6 +203,7 @@ KEYWORD_NAMES: dict[T, str] = {
     T.FASTUIDL: "fastuidl",
     T.EXPUNGE: "expunge",
     T.PROPERTIES: "properties",
+    T.PASSWORDEVAL: "passwordeval",
     T.IS: "is",
     T.HERE: "here",
     T.THERE: "there",
@@ -343,6 +345,7 @@ _SIMPLE: dict[str, T] = {
     "fastuidl": T.FASTUIDL,
     "expunge": T.EXPUNGE,
     "properties": T.PROPERTIES,
+    "passwordeval": T.PASSWORDEVAL,
     "here": T.HERE,
     "there": T.THERE,
     "no": T.NO,

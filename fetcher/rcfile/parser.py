@@ -77,6 +77,7 @@ _USER_STRING: dict[T, str] = {
     T.SSLCOMMONNAME: "sslcommonname",
     T.SSLFINGERPRINT: "sslfingerprint",
     T.PROPERTIES: "properties",
+    T.PASSWORDEVAL: "passwordeval",
 }
 _USER_LIST: dict[T, str] = {
     T.FOLDER: "mailboxes",
