@@ -68,7 +68,7 @@ def plan_mailbox(
     decisions: list[Decision] = []
     for message in listing:
         uid = message.uid
-        known = uid is not None and uid in seen
+        known = (uid is not None and uid in seen) or message.seen
         oversized = policy.limit > 0 and message.size > policy.limit
         if uid is not None and uid in delivered and not policy.keep:
             action = Action.DELETE_DELIVERED

@@ -205,6 +205,8 @@ class AccountPoll:
                 if disposition is Disposition.DELETE:
                     await asyncio.to_thread(driver.delete, info.number)
                     deleted.append(info.uid)
+                elif disposition is Disposition.KEEP_SEEN:
+                    await asyncio.to_thread(driver.mark_seen, info.number)
                 # fetchmail names the message by the server's true name, the count by poll name
                 report.message_read(
                     user.remote, server.queryname, info.number, total, info.size,

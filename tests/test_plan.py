@@ -88,3 +88,9 @@ def test_fetchlimit() -> None:
     assert not fetchlimit_reached(5, Policy())
     assert not fetchlimit_reached(1, Policy(fetchlimit=2))
     assert fetchlimit_reached(2, Policy(fetchlimit=2))
+
+
+def test_server_seen_flag_counts_as_seen() -> None:
+    listing = [MessageInfo(1, 10, "1", seen=True), MessageInfo(2, 10, "2")]
+    assert [d.action for d in plan_mailbox(listing, set(), Policy())] == [SEEN, F]
+    assert [d.action for d in plan_mailbox(listing, set(), Policy(fetchall=True))] == [F, F]

@@ -16,6 +16,7 @@ class MessageInfo:
     number: int
     size: int
     uid: str | None  # None when the server has no UIDL
+    seen: bool = False  # the server marks it read (IMAP \Seen); POP3 has no such flag
 
 
 class MailboxDriver(Protocol):
@@ -40,6 +41,10 @@ class MailboxDriver(Protocol):
 
     def delete(self, number: int) -> None:
         """Mark message `number` for deletion; it is gone only after `commit()`."""
+
+    def mark_seen(self, number: int) -> None:
+        r"""Mark message `number` read on the server, where the protocol can (IMAP \Seen);
+        POP3 has no flags and records the UID instead."""
 
     def commit(self) -> None:
         """End the session cleanly so that deletions take effect (POP3 QUIT)."""

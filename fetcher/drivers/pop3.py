@@ -273,6 +273,9 @@ class Pop3Driver:
         self._check_number(number)
         self._expect_ok(f"DELE {number}")
 
+    def mark_seen(self, number: int) -> None:
+        """POP3 has no flags: a kept message is remembered by its UID in .fetchids."""
+
     def commit(self) -> None:
         try:
             self._expect_ok("QUIT")
