@@ -11,6 +11,7 @@ import logging
 import sys
 
 from fetcher.drivers.base import MailboxDriver
+from fetcher.drivers.imap import ImapDriver
 from fetcher.drivers.pop3 import Pop3Driver
 from fetcher.errors import (
     AuthenticationError,
@@ -41,8 +42,12 @@ def setup_trace(verbose: int) -> None:
         log.setLevel(logging.WARNING)
 
 
-def default_driver(server: ServerOptions, user: UserOptions) -> MailboxDriver:
-    # IMAP comes with its own driver; until then `auto` polls with POP3
+def default_driver(
+    server: ServerOptions, user: UserOptions, folder: str | None, read_only: bool
+) -> MailboxDriver:
+    if server.protocol == "IMAP":
+        return ImapDriver(server, user, folder=folder, read_only=read_only)
+    # `auto` polls with POP3 for now; fetchmail would try IMAP first
     return Pop3Driver(server, user)
 
 
@@ -60,7 +65,7 @@ def poll_all(
     retrieved = False
     status = ExitCode.NOMAIL
     try:
-        for server, user in config.selected_accounts():
+        for server, user, folder in _mailboxes(config):
             poll = AccountPoll(
                 server,
                 user,
@@ -70,6 +75,7 @@ def poll_all(
                 make_driver or default_driver,
                 make_sink or sink_for,
                 check_only=check_only,
+                folder=folder,
             )
             try:
                 result = asyncio.run(poll.run())
@@ -87,6 +93,15 @@ def poll_all(
     if reporter.verbose:
         reporter.info(f"normal termination, status {int(final)}")
     return final
+
+
+def _mailboxes(config: Config) -> list[tuple[ServerOptions, UserOptions, str | None]]:
+    """Every folder of every selected account, polled in turn; POP3 has just the one."""
+    out: list[tuple[ServerOptions, UserOptions, str | None]] = []
+    for server, user in config.selected_accounts():
+        folders: list[str | None] = list(user.mailboxes) if server.protocol == "IMAP" else []
+        out.extend((server, user, folder) for folder in folders or [None])
+    return out
 
 
 def _describe_failure(err: PyfetchError, server: ServerOptions, user: UserOptions) -> str:

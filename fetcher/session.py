@@ -40,7 +40,8 @@ from fetcher.uidstore import UidStore, account_key
 # temporary file, so memory does not grow with message size (DESIGN.md rule 6).
 SPOOL_IN_MEMORY = 1 << 20
 
-DriverFactory = Callable[[ServerOptions, UserOptions], MailboxDriver]
+# (server, account, folder or None for the default one, read-only for -c) -> a driver
+DriverFactory = Callable[[ServerOptions, UserOptions, str | None, bool], MailboxDriver]
 SinkFactory = Callable[[ServerOptions, UserOptions, GlobalOptions], Sink]
 
 
@@ -82,8 +83,10 @@ class AccountPoll:
         make_sink: SinkFactory,
         *,
         check_only: bool = False,
+        folder: str | None = None,
     ) -> None:
         self.server = server
+        self.folder = folder
         self.user = user
         self.globals = globals_
         self.store = store
@@ -125,12 +128,16 @@ class AccountPoll:
                 return total
 
     async def _session(self, fetched: int) -> tuple[PollResult, bool]:
-        driver = self.make_driver(self.server, self.user)
+        driver = self.make_driver(self.server, self.user, self.folder, self.check_only)
         committed = False
         try:
             await asyncio.to_thread(driver.connect)
             await asyncio.to_thread(driver.login)
             listing = await asyncio.to_thread(driver.list_messages)
+            uidvalidity: int | None = getattr(driver, "uidvalidity", None)
+            self.key = account_key(
+                self.user.remote, self.server.queryname, self.folder, uidvalidity
+            )
             seen = self.store.seen(self.key) if self.store else frozenset()
             delivered = self.store.delivered(self.key) if self.store else frozenset()
             decisions = plan_mailbox(listing, seen, self.policy, delivered)

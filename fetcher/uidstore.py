@@ -33,8 +33,15 @@ class _Account:
     order: list[str] = field(default_factory=list)  # file order, for stable rewrites
 
 
-def account_key(remote: str, queryname: str) -> str:
-    return f"{remote}@{queryname}"
+def account_key(
+    remote: str, queryname: str, folder: str | None = None, uidvalidity: int | None = None
+) -> str:
+    """fetchmail's `user@host` for POP3. IMAP UIDs mean something only within one folder and
+    one UIDVALIDITY, so both join the key (fetchmail keeps no IMAP UIDs; it leaves such lines
+    alone)."""
+    if uidvalidity is None:
+        return f"{remote}@{queryname}"
+    return f"{remote}@{queryname}/{folder or 'INBOX'};UIDVALIDITY={uidvalidity}"
 
 
 def _split(line: str) -> tuple[str, str] | None:

@@ -1,0 +1,571 @@
+"""The IMAP driver: imapclient for the dialogue, our own transport under it.
+
+imapclient (over imaplib) parses the responses. The transport below it is ours because:
+- imaplib verifies no certificate unless handed a context, and imapclient builds a context of its
+  own when given none; every context here comes from fetcher.tls;
+- imapclient turns imaplib's debug log on, which would log LOGIN with the password; our
+  transport traces each line through fetcher.trace instead, with secrets redacted, and never
+  the contents of a literal (message text).
+
+Order of a session (fetchmail's):
+greeting, CAPABILITY, STARTTLS per TlsMode (CAPABILITY again over TLS), LOGIN or AUTHENTICATE,
+SELECT (EXAMINE when read-only), UID SEARCH ALL, UID FETCH RFC822.SIZE FLAGS in blocks,
+UID FETCH BODY.PEEK[] (nothing is marked read before delivery), UID STORE +FLAGS, EXPUNGE (UID
+EXPUNGE with UIDPLUS), LOGOUT.
+
+A PREAUTH greeting, or a server offering no STARTTLS, while TLS is required ends the session
+before any credential is sent (fetchmail CVE-2021-39272).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import imaplib
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+from imapclient import IMAPClient  # type: ignore[import-untyped]
+
+from fetcher import tls, trace
+from fetcher.drivers.base import MessageInfo
+from fetcher.errors import (
+    AuthenticationError,
+    ConfigError,
+    CredentialsError,
+    LockBusyError,
+    ProtocolError,
+    RemoteError,
+    ServerConnectionError,
+    ServerTimeoutError,
+    TLSError,
+    UnsupportedFeatureError,
+)
+from fetcher.model import ServerOptions, UserOptions
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+PROTO = "IMAP"
+DEFAULT_PORT = 143
+DEFAULT_SSL_PORT = 993
+DEFAULT_TIMEOUT = 300  # `timeout 0` must not mean "wait forever" (CVE-2011-1947)
+DEFAULT_FOLDER = "INBOX"
+SEEN = b"\\Seen"
+DELETED = b"\\Deleted"
+_FORBIDDEN_IN_COMMANDS = ("\r", "\n", "\0")
+
+
+class _TracedIMAP4(imaplib.IMAP4):
+    """imaplib.IMAP4 on a socket we open (TCP_NODELAY, our TLS context), tracing each line.
+
+    Lines sent are traced when complete; lines received are traced as read. Literals (message
+    text) are read with read(), which is not traced.
+    """
+
+    def __init__(
+        self, host: str, port: int, timeout: float, context: ssl.SSLContext | None
+    ) -> None:
+        self._context = context
+        self.trace_secrets: list[str] = []
+        self._pending = b""
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._context is not None:
+                # The socket's timeout also bounds the handshake (CVE-2011-1947).
+                return self._context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def send(self, data: ReadableBuffer) -> None:
+        if trace.enabled():
+            self._pending += bytes(data)
+            while b"\r\n" in self._pending:
+                line, _, self._pending = self._pending.partition(b"\r\n")
+                trace.sent(PROTO, line.decode("utf-8", "replace"), *self.trace_secrets)
+        super().send(data)
+
+    def readline(self) -> bytes:
+        line = super().readline()
+        if trace.enabled():
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            trace.received(PROTO, text, *self.trace_secrets)
+        return line
+
+
+class _Client(IMAPClient):  # type: ignore[misc]
+    """IMAPClient on our transport; `ssl=False` so that it never builds a context itself."""
+
+    def __init__(
+        self, host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+    ) -> None:
+        self._our_context = context
+        super().__init__(host, port, use_uid=True, ssl=False, timeout=timeout)
+        # imapclient sets imaplib's debug level to 5, which logs LOGIN's arguments verbatim.
+        self._imap.debug = 0
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        return _TracedIMAP4(self.host, self.port, self._timeout.connect, self._our_context)
+
+
+class ConnectFactory(Protocol):
+    """Opens an IMAP connection and reads the greeting and capabilities; tests pass their own.
+
+    With a context, TLS is negotiated before the greeting (implicit TLS, port 993). The result
+    is an imapclient.IMAPClient made with use_uid=True.
+    """
+
+    def __call__(
+        self, host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+    ) -> Any: ...
+
+
+def open_connection(host: str, port: int, *, timeout: float, context: ssl.SSLContext | None) -> Any:
+    """The default ConnectFactory."""
+    return _Client(host, port, timeout=timeout, context=context)
+
+
+def quote(text: str) -> str:
+    """An IMAP quoted string (RFC 3501): backslash and double quote escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _text(err: BaseException) -> str:
+    arg = err.args[0] if err.args else ""
+    if isinstance(arg, bytes):
+        return arg.decode("utf-8", "replace")
+    return str(arg)
+
+
+class ImapDriver:
+    """A MailboxDriver for IMAP (see fetcher.drivers.base for the contract).
+
+    Message numbers are UIDs. After list_messages(), `uidvalidity` holds the folder's
+    UIDVALIDITY and `seen_uids` the UIDs (as strings) flagged \\Seen on the server.
+    """
+
+    protocol = PROTO
+
+    def __init__(
+        self,
+        server: ServerOptions,
+        user: UserOptions,
+        *,
+        folder: str | None = None,
+        read_only: bool = False,
+        connect_factory: ConnectFactory | None = None,
+    ) -> None:
+        self.server = server
+        self.user = user
+        self.folder = folder or DEFAULT_FOLDER
+        self.read_only = read_only
+        self.host = server.queryname
+        self.label = server.pollname or self.host
+        self.timeout = server.timeout if server.timeout > 0 else DEFAULT_TIMEOUT
+        self.tls_mode = tls.tls_mode(user)
+        self.peer_address: str | None = None
+        self.port: int | None = None
+        self.greeting = ""
+        self.preauth = False
+        self.capabilities: frozenset[str] = frozenset()
+        self.tls_active = False
+        self.uidvalidity: int | None = None
+        self.seen_uids: set[str] = set()
+        self._connect_factory: ConnectFactory = connect_factory or open_connection
+        self._conn: Any = None
+        self._context: tls.ClientContext | None = None
+        self._uids: set[int] = set()
+        self._deleted: set[int] = set()
+        self._secrets: list[str] = []
+        if user.password:
+            # The quoted form first, so that LOGIN traces as `LOGIN "bob" *`.
+            self._secrets += [quote(user.password), user.password]
+
+    # -- MailboxDriver -------------------------------------------------------------------
+
+    def connect(self) -> None:
+        port = self._resolve_port()
+        self.port = port
+        if self.tls_mode is tls.TlsMode.IMPLICIT:
+            self._open(port, self._tls_context())
+            self.tls_active = True
+        else:
+            self._open(port, None)
+        if self.tls_mode in (tls.TlsMode.STARTTLS, tls.TlsMode.OPPORTUNISTIC):
+            self._starttls(port)
+
+    def login(self) -> None:
+        self._require_connection()
+        if self.tls_mode.required and not self.tls_active:
+            raise TLSError(f"{self.label}: upgrade to TLS failed.")
+        if self.preauth:
+            trace.note(f"{self.label}: the server greeted with PREAUTH; no login needed")
+            self._refresh_capabilities()
+            return
+        auth = self.server.auth
+        if auth == "ssh":
+            return  # the tunnel authenticated us; fetchmail sends no credentials either
+        if auth not in ("any", "password", "cram-md5"):
+            raise UnsupportedFeatureError(
+                f"{self.label}: authentication '{auth}' is not supported for IMAP"
+            )
+        self._check_credentials()
+        if auth == "cram-md5":
+            self._cram_md5(may_fall_back=False)
+        elif auth == "any" and "AUTH=CRAM-MD5" in self.capabilities:
+            if not self._cram_md5(may_fall_back=True):
+                self._password_login()
+        else:
+            self._password_login()
+        self._refresh_capabilities()
+
+    def list_messages(self) -> list[MessageInfo]:
+        conn = self._require_connection()
+        with self._wire("EXAMINE" if self.read_only else "SELECT"):
+            info = conn.select_folder(self.folder, readonly=self.read_only)
+        validity = info.get(b"UIDVALIDITY")
+        self.uidvalidity = int(validity) if isinstance(validity, int) else None
+        self.seen_uids = set()
+        self._uids = set()
+        if not info.get(b"EXISTS"):
+            return []
+        with self._wire("UID SEARCH"):
+            uids = sorted({int(u) for u in conn.search("ALL")})
+        if not uids:
+            return []
+        block = self.user.fetchsizelimit if self.user.fetchsizelimit > 0 else len(uids)
+        result: list[MessageInfo] = []
+        for start in range(0, len(uids), block):
+            chunk = uids[start : start + block]
+            with self._wire("UID FETCH"):
+                data = conn.fetch(chunk, ["RFC822.SIZE", "FLAGS"])
+            for uid in chunk:
+                item = data.get(uid)
+                if item is None:
+                    continue  # expunged by another session since the SEARCH
+                size = item.get(b"RFC822.SIZE")
+                if not isinstance(size, int) or size < 0:
+                    raise ProtocolError(f"{self.label}: bogus RFC822.SIZE for UID {uid}")
+                seen = SEEN in item.get(b"FLAGS", ())
+                if seen:
+                    self.seen_uids.add(str(uid))
+                result.append(MessageInfo(uid, size, str(uid), seen=seen))
+                self._uids.add(uid)
+        return result
+
+    def retrieve(self, number: int, out: BinaryIO, *, peek: bool) -> int:
+        # Always PEEK: the message is flagged \Seen (or deleted) only once it has been delivered.
+        conn = self._require_connection()
+        self._check_number(number)
+        with self._wire("UID FETCH"):
+            data = conn.fetch([number], ["BODY.PEEK[]"])
+        body = data.pop(number, {}).get(b"BODY[]")
+        if not isinstance(body, bytes):
+            raise ProtocolError(f"{self.label}: no text for message UID {number}")
+        out.write(body)
+        return len(body)
+
+    def delete(self, number: int) -> None:
+        self._store(number, [DELETED, SEEN])
+        self._deleted.add(number)
+
+    def mark_seen(self, number: int) -> None:
+        """Flag message `number` \\Seen (after delivery, when it is kept)."""
+        self._store(number, [SEEN])
+
+    def commit(self) -> None:
+        conn = self._require_connection()
+        try:
+            if self._deleted:
+                if "UIDPLUS" in self.capabilities:
+                    with self._wire("UID EXPUNGE"):
+                        conn.uid_expunge(sorted(self._deleted))
+                else:
+                    with self._wire("EXPUNGE"):
+                        conn.expunge()
+                self._deleted.clear()
+            with self._wire("LOGOUT"):
+                conn.logout()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.shutdown()
+        except Exception:
+            imap = getattr(conn, "_imap", None)
+            for name in ("file", "sock"):
+                thing = getattr(imap, name, None)
+                if thing is not None:
+                    with contextlib.suppress(Exception):
+                        thing.close()
+
+    # -- connection and TLS --------------------------------------------------------------
+
+    def _resolve_port(self) -> int:
+        service = self.server.service
+        if not service:
+            return DEFAULT_SSL_PORT if self.tls_mode is tls.TlsMode.IMPLICIT else DEFAULT_PORT
+        if service.isdigit():
+            port = int(service)
+            if 0 < port < 65536:
+                return port
+            raise ConfigError(f"{self.label}: service {service} is not a valid port number")
+        try:
+            return socket.getservbyname(service, "tcp")
+        except OSError as err:
+            raise ServerConnectionError(
+                f"connection to {self.host}:{service} failed: unknown service ({err})"
+            ) from err
+
+    def _tls_context(self) -> tls.ClientContext:
+        if self._context is None:
+            self._context = tls.client_context(self.user, self.host)
+        return self._context
+
+    def _open(self, port: int, context: ssl.SSLContext | None) -> None:
+        try:
+            conn = self._connect_factory(
+                self.host, port, timeout=float(self.timeout), context=context
+            )
+        except TLSError:
+            raise  # a pin mismatch, already worded
+        except TimeoutError as err:
+            raise self._timeout_error() from err
+        except ssl.SSLError as err:
+            reason = tls.describe_handshake_error(err, self.label)
+            raise TLSError(f"{self.label}: {reason}") from err
+        except imaplib.IMAP4.abort as err:
+            raise ServerConnectionError(
+                f"connection to {self.host}:{port} lost: {_text(err)}"
+            ) from err
+        except imaplib.IMAP4.error as err:
+            # imaplib refuses a greeting other than OK or PREAUTH (e.g. BYE), or a non-IMAP4rev1
+            # server, and raises this with the greeting's text.
+            raise ProtocolError(
+                f"{self.label}: the server refused the connection: {_text(err)}"
+            ) from err
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise ServerConnectionError(
+                f"connection to {self.host}:{port} failed: {reason}"
+            ) from err
+        self._conn = conn
+        trace.note(f"Trying to connect to {self.host}/{port}...connected.")
+        imap = conn._imap
+        if isinstance(imap, _TracedIMAP4):
+            imap.trace_secrets = self._secrets  # shared: secrets added later are redacted too
+        try:
+            self.peer_address = str(imap.sock.getpeername()[0])
+        except (OSError, AttributeError, IndexError, TypeError):
+            self.peer_address = None
+        welcome = conn.welcome
+        if isinstance(welcome, bytes):
+            welcome = welcome.decode("utf-8", "replace")
+        self.greeting = str(welcome)
+        self.preauth = self.greeting.upper().startswith("* PREAUTH")
+        self._read_capabilities()
+
+    def _read_capabilities(self) -> None:
+        conn = self._require_connection()
+        self.capabilities = frozenset(str(c).upper() for c in conn._imap.capabilities)
+
+    def _refresh_capabilities(self) -> None:
+        # After login the server may offer more (Dovecot adds UIDPLUS, for instance).
+        conn = self._require_connection()
+        with self._wire("CAPABILITY"):
+            caps = conn.capabilities()
+        self.capabilities = frozenset(
+            (c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)).upper() for c in caps
+        )
+
+    def _starttls(self, port: int) -> None:
+        required = self.tls_mode is tls.TlsMode.STARTTLS
+        if self.preauth:
+            # PREAUTH means we are logged in already: STARTTLS is no longer allowed, and going on
+            # would read mail in plaintext (CVE-2021-39272).
+            if required:
+                self.close()
+                raise TLSError(
+                    f"{self.label}: upgrade to TLS failed: the server greeted with PREAUTH, "
+                    "so STARTTLS is impossible"
+                )
+            return
+        if "STARTTLS" not in self.capabilities:
+            if required:
+                self.close()
+                raise TLSError(
+                    f"{self.label}: upgrade to TLS failed: the server does not offer STARTTLS"
+                )
+            return
+        context = self._tls_context()
+        conn = self._require_connection()
+        try:
+            conn.starttls(context)
+        except TLSError as err:
+            self.close()
+            raise TLSError(f"{self.label}: upgrade to TLS failed: {err}") from err
+        except TimeoutError as err:
+            self.close()
+            raise self._timeout_error() from err
+        except (OSError, imaplib.IMAP4.error) as err:  # ssl.SSLError included
+            self.close()
+            if required:
+                if isinstance(err, ssl.SSLError):
+                    reason = tls.describe_handshake_error(err, self.label)
+                elif isinstance(err, OSError):
+                    reason = err.strerror or str(err)
+                else:
+                    reason = _text(err)
+                raise TLSError(f"{self.label}: upgrade to TLS failed: {reason}") from err
+            # Opportunistic: fetchmail repolls with STARTTLS off; so do we, once, in this call.
+            self._open(port, None)
+            return
+        self.tls_active = True
+        # RFC 3501 6.2.1: forget what was said in plaintext; imaplib asked CAPABILITY again.
+        self._read_capabilities()
+
+    # -- authentication --------------------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        if self.user.password is None:
+            raise CredentialsError(f"no password for {self.user.remote}@{self.label}")
+        for value in (self.user.remote, self.user.password):
+            if any(c in value for c in _FORBIDDEN_IN_COMMANDS):
+                raise ConfigError(
+                    f"{self.label}: refusing to send a user name or password with a line break "
+                    "or NUL in it"
+                )
+
+    def _password(self) -> str:
+        assert self.user.password is not None  # _check_credentials()
+        return self.user.password
+
+    def _password_login(self) -> None:
+        if "LOGINDISABLED" in self.capabilities:
+            # RFC 3501: the server wants TLS first. AUTHENTICATE PLAIN sends the same password,
+            # so it is only used over TLS.
+            if not self.tls_active:
+                raise AuthenticationError(
+                    f"{self.label}: the server disabled LOGIN and the connection is not "
+                    "encrypted; not sending the password"
+                )
+            if "AUTH=PLAIN" not in self.capabilities:
+                raise AuthenticationError(
+                    f"{self.label}: the server disabled LOGIN and offers no AUTH=PLAIN"
+                )
+            self._plain()
+            return
+        imap = self._require_connection()._imap
+        user = quote(self.user.remote)
+        try:
+            with self._wire("LOGIN", auth=True):
+                # imaplib quotes the password but not the user name.
+                imap.login(user, self._password())
+        except UnicodeEncodeError as err:
+            raise AuthenticationError(
+                f"{self.label}: LOGIN cannot send a non-ASCII user name or password"
+            ) from err
+
+    def _plain(self) -> None:
+        raw = f"\0{self.user.remote}\0{self._password()}".encode()
+        self._secrets.append(base64.b64encode(raw).decode("ascii"))
+        imap = self._require_connection()._imap
+        with self._wire("AUTHENTICATE PLAIN", auth=True):
+            imap.authenticate("PLAIN", lambda _challenge: raw)
+
+    def _cram_md5(self, *, may_fall_back: bool) -> bool:
+        """AUTHENTICATE CRAM-MD5 (RFC 2195). False when refused and LOGIN may be tried."""
+        password = self._password().encode("utf-8")
+
+        def answer(challenge: bytes) -> bytes:
+            mac = hmac.new(password, challenge, hashlib.md5).hexdigest()
+            response = f"{self.user.remote} {mac}".encode()
+            # The response is as good as the password to an offline guesser.
+            self._secrets.append(base64.b64encode(response).decode("ascii"))
+            return response
+
+        imap = self._require_connection()._imap
+        try:
+            with self._wire("AUTHENTICATE CRAM-MD5", auth=True):
+                imap.authenticate("CRAM-MD5", answer)
+        except AuthenticationError:
+            if may_fall_back:
+                return False
+            raise
+        return True
+
+    # -- the wire ----------------------------------------------------------------------------
+
+    def _require_connection(self) -> Any:
+        if self._conn is None:
+            raise RuntimeError("ImapDriver used while not connected")
+        return self._conn
+
+    def _check_number(self, number: int) -> None:
+        if number < 1:
+            raise ValueError(f"UIDs start at 1, not {number}")
+
+    def _store(self, number: int, flags: list[bytes]) -> None:
+        conn = self._require_connection()
+        self._check_number(number)
+        if self.read_only:
+            # EXAMINE: servers may answer OK to a STORE and change nothing (Dovecot does).
+            raise RuntimeError("ImapDriver: flags cannot be changed in a read-only session")
+        with self._wire("UID STORE"):
+            conn.add_flags([number], flags, silent=True)
+
+    @contextlib.contextmanager
+    def _wire(self, what: str, *, auth: bool = False) -> Iterator[None]:
+        """imaplib's and the socket's failures as the driver's errors."""
+        try:
+            yield
+        except RemoteError:
+            raise
+        except TimeoutError as err:
+            self.close()
+            raise self._timeout_error() from err
+        except imaplib.IMAP4.abort as err:
+            # BYE, EOF or garbage: the dialogue is out of step, nothing more can be sent.
+            self.close()
+            text = self._redact(_text(err))
+            raise ServerConnectionError(
+                f"connection to {self.host}:{self.port} lost during {what}: {text}"
+            ) from err
+        except imaplib.IMAP4.error as err:
+            text = self._redact(_text(err))
+            raise self._refusal(what, text, auth=auth) from err
+        except OSError as err:
+            self.close()
+            reason = err.strerror or str(err) or type(err).__name__
+            raise ServerConnectionError(
+                f"connection to {self.host}:{self.port} lost: {reason}"
+            ) from err
+
+    def _redact(self, text: str) -> str:
+        return trace.redact(text, *self._secrets)
+
+    def _refusal(self, what: str, text: str, *, auth: bool) -> RemoteError:
+        if "[INUSE]" in text.upper():
+            return LockBusyError(f"{self.label}: lock busy! Is another session active? ({text})")
+        if auth:
+            return AuthenticationError(f"{self.label}: {text or 'authentication refused'}")
+        return ProtocolError(f"{self.label}: {what} failed: {text}")
+
+    def _timeout_error(self) -> ServerTimeoutError:
+        return ServerTimeoutError(
+            f"timeout after {self.timeout} seconds waiting for server {self.label}."
+        )

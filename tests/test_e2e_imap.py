@@ -1,0 +1,99 @@
+"""pyfetch polling IMAP as a user runs it: a real Dovecot, a real SMTP listener, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from servers.certs import TestCA
+from servers.dovecot import Dovecot
+from servers.smtp import SMTPServer
+from test_e2e_pop3 import MESSAGES, delivered_body, pyfetch
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+def rcfile(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, options: str = ""
+) -> Path:
+    host, port = smtpd.address
+    path = home / ".fetchmailrc"
+    path.write_text(
+        f"poll mail.isp.net via 127.0.0.1 service {dovecot.ports['imap']} proto imap\n"
+        f"  user bob is bob here password hidden\n"
+        f"  sslcertfile {test_ca.ca_cert} sslcommonname localhost\n"
+        f"  smtphost {host}/{port} {options}\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_inbox_is_delivered_and_expunged(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES)
+    rcfile(home, dovecot, test_ca, smtpd)
+    result = pyfetch(home, "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(delivered_body(t.data) for t in smtpd.transactions) == sorted(
+        m.removeprefix(b"Return-Path: <alice@example.org>\r\n") for m in MESSAGES
+    )
+    assert dovecot.messages("bob") == []
+    assert "STARTTLS" in result.stdout  # TLS before the password
+    assert "hidden" not in result.stdout + result.stderr
+
+
+def test_several_folders_are_polled_in_turn(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    dovecot.seed("bob", MESSAGES[1:2], folder="Archive")
+    rcfile(home, dovecot, test_ca, smtpd, "folder INBOX, Archive")
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(smtpd.transactions) == 2
+    assert dovecot.messages("bob") == [] and dovecot.messages("bob", folder="Archive") == []
+
+
+def test_keep_marks_seen_only_after_delivery_and_fetches_once(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:2])
+    rcfile(home, dovecot, test_ca, smtpd, "keep")
+    first = pyfetch(home)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert len(smtpd.transactions) == 2
+    assert len(dovecot.messages("bob")) == 2
+    assert all("S" in flags for flags in dovecot.flags("bob"))
+    second = pyfetch(home)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert len(smtpd.transactions) == 2
+
+
+@pytest.mark.smtp_fault(step="rcpt", code=451, text="4.3.0 try later")
+def test_refused_message_stays_unseen_and_undeleted(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    rcfile(home, dovecot, test_ca, smtpd)
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == MESSAGES[:1]
+    assert all("S" not in flags for flags in dovecot.flags("bob"))
+
+
+def test_check_only_changes_no_flags(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:2])
+    rcfile(home, dovecot, test_ca, smtpd)
+    result = pyfetch(home, "-c")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 messages for bob at mail.isp.net" in result.stdout
+    assert all("S" not in flags for flags in dovecot.flags("bob"))
+    assert smtpd.transactions == []
