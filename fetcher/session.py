@@ -138,6 +138,8 @@ class AccountPoll:
             self.key = account_key(
                 self.user.remote, self.server.queryname, self.folder, uidvalidity
             )
+            if uidvalidity is not None:
+                self._check_uidvalidity(uidvalidity)
             seen = self.store.seen(self.key) if self.store else frozenset()
             delivered = self.store.delivered(self.key) if self.store else frozenset()
             decisions = plan_mailbox(listing, seen, self.policy, delivered)
@@ -155,6 +157,23 @@ class AccountPoll:
         finally:
             if not committed:
                 await asyncio.to_thread(driver.close)
+
+    def _check_uidvalidity(self, uidvalidity: int) -> None:
+        """A new UIDVALIDITY means every recorded UID of the folder now names nothing (or
+        another message): say so, and forget them, rather than skip or refetch in silence."""
+        if self.store is None:
+            return
+        folder_key = account_key(self.user.remote, self.server.queryname, self.folder, 0)
+        prefix = folder_key.rsplit("=", 1)[0] + "="
+        for stale in self.store.keys_starting(prefix):
+            if stale != self.key and not self.check_only:
+                old = stale.rsplit("=", 1)[1]
+                self.reporter.error(
+                    f"UIDVALIDITY of {self.folder or 'INBOX'} for {self.user.remote}@"
+                    f"{self.server.pollname} changed from {old} to {uidvalidity}: its recorded "
+                    "UIDs are forgotten and the server's \\Seen flags decide what is new"
+                )
+                self.store.forget(stale)
 
     def _check(self, decisions: list[Decision]) -> PollResult:
         total, seen, octets = count_new(decisions)

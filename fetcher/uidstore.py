@@ -112,6 +112,9 @@ class UidStore:
         account = self._accounts.get(key)
         return frozenset(account.delivered) if account else frozenset()
 
+    def keys_starting(self, prefix: str) -> list[str]:
+        return [key for key in self._accounts if key.startswith(prefix)]
+
     # -- changes (each durable before it returns) ----------------------------------------
 
     def record(self, key: str, uid: str, *, delete_pending: bool) -> None:
@@ -127,6 +130,12 @@ class UidStore:
         self._append("".join(f"expunged {key} {uid}\n" for uid in sorted(uids)))
         for uid in uids:
             self._remove(key, uid)
+
+    def forget(self, key: str) -> None:
+        """Drop everything recorded for `key` (a folder whose UIDVALIDITY changed)."""
+        account = self._accounts.get(key)
+        if account is not None:
+            self.expunged(key, set(account.seen))
 
     def _append(self, text: str) -> None:
         if self._journal is None:

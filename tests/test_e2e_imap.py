@@ -97,3 +97,20 @@ def test_check_only_changes_no_flags(
     assert "2 messages for bob at mail.isp.net" in result.stdout
     assert all("S" not in flags for flags in dovecot.flags("bob"))
     assert smtpd.transactions == []
+
+
+def test_uidvalidity_change_is_reported_not_silent(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    dovecot.seed("bob", MESSAGES[:1])
+    rcfile(home, dovecot, test_ca, smtpd, "keep")
+    assert pyfetch(home).returncode == 0
+    ids = (home / ".fetchids").read_text()
+    assert "bob@127.0.0.1/INBOX;UIDVALIDITY=" in ids
+    dovecot.change_uidvalidity("bob")
+    result = pyfetch(home)
+    assert "UIDVALIDITY of INBOX for bob@mail.isp.net changed from" in result.stderr
+    assert len(smtpd.transactions) == 1  # the \\Seen flag still says it was fetched
+    old = ids.split(";UIDVALIDITY=")[1].split()[0]
+    left = (home / ".fetchids").read_text() if (home / ".fetchids").exists() else ""
+    assert f"UIDVALIDITY={old}" not in left  # the stale UIDs are gone

@@ -270,6 +270,8 @@ _AUTH_TYPES = {
     "cram-md5": "cram-md5",
     "msn": "msn",
     "ntlm": "ntlm",
+    "xoauth2": "xoauth2",
+    "oauthbearer": "oauthbearer",
 }
 _PROTOCOLS: dict[str, tuple[T, str]] = {
     "auto": (T.PROTO, "auto"),
