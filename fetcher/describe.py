@@ -27,6 +27,8 @@ _AUTH_SENTENCES = {
     "kerberos_v4": "Kerberos V4 authentication will be forced.",
     "kerberos_v5": "Kerberos V5 authentication will be forced.",
     "ssh": "End-to-end encryption assumed.",
+    "xoauth2": "OAuth2 (XOAUTH2) authentication will be forced.",
+    "oauthbearer": "OAuth2 (OAUTHBEARER) authentication will be forced.",
 }
 
 

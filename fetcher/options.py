@@ -525,6 +525,9 @@ _AUTH_TYPES: dict[str, str] = {
     "gssapi": "gssapi",
     "any": "any",
     "msn": "msn",
+    # pyfetch's own: an OAuth2 bearer token (from password or passwordeval)
+    "xoauth2": "xoauth2",
+    "oauthbearer": "oauthbearer",
     # configdump leaves the "auth" key out altogether for external.
     "external": "external",
 }

@@ -505,3 +505,8 @@ def test_every_listed_option_parses(option: str) -> None:
                       "fetchdomains", "smtpaddress", "smtpname", "mda", "bsmtp", "folder"}:
             argv.append("x")
         parse(*argv)
+
+
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+def test_oauth2_auth_on_the_command_line(mechanism: str) -> None:
+    assert parse("--auth", mechanism).server_overrides == {"auth": mechanism}

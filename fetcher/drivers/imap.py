@@ -20,6 +20,7 @@ before any credential is sent (fetchmail CVE-2021-39272).
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -33,6 +34,12 @@ from imapclient import IMAPClient  # type: ignore[import-untyped]
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
+from fetcher.drivers.sasl import (
+    OAUTH_MECHANISMS,
+    oauth_error_status,
+    oauth_refused,
+    oauth_response,
+)
 from fetcher.errors import (
     AuthenticationError,
     ConfigError,
@@ -215,6 +222,10 @@ class ImapDriver:
         auth = self.server.auth
         if auth == "ssh":
             return  # the tunnel authenticated us; fetchmail sends no credentials either
+        if auth in OAUTH_MECHANISMS:
+            self._oauth(OAUTH_MECHANISMS[auth])
+            self._refresh_capabilities()
+            return
         if auth not in ("any", "password", "cram-md5"):
             raise UnsupportedFeatureError(
                 f"{self.label}: authentication '{auth}' is not supported for IMAP"
@@ -507,6 +518,58 @@ class ImapDriver:
                 return False
             raise
         return True
+
+    def _oauth(self, mechanism: str) -> None:
+        """AUTHENTICATE XOAUTH2 or OAUTHBEARER (RFC 7628) with the bearer token in `password`.
+
+        A refusing server may first send an error challenge (base64 JSON): it is answered with an
+        empty response, and its `status` goes into the error message.
+        """
+        account = f"{self.user.remote}@{self.label}"
+        if not self.tls_active:
+            raise TLSError(
+                f"{self.label}: refusing to send the OAuth2 token of {account} over an "
+                "unencrypted connection; use ssl or sslproto"
+            )
+        if f"AUTH={mechanism}" not in self.capabilities:
+            raise AuthenticationError(
+                f"{self.label}: the server does not offer AUTH={mechanism} "
+                f"(auth {mechanism.lower()} for {account})"
+            )
+        self._check_credentials()
+        port = self.port if self.port is not None else self._resolve_port()
+        raw = oauth_response(mechanism, self.user.remote, self._password(), self.host, port)
+        self._secrets.append(base64.b64encode(raw).decode("ascii"))
+        challenges: list[bytes] = []
+
+        def answer(challenge: bytes) -> bytes | None:
+            challenges.append(challenge)
+            if len(challenges) == 1:
+                return raw
+            if len(challenges) == 2:
+                return b""  # RFC 7628 3.2.3: the empty response to an error challenge
+            return None  # a server that goes on asking: cancel with "*"
+
+        imap = self._require_connection()._imap
+        try:
+            with self._wire(f"AUTHENTICATE {mechanism}", auth=True):
+                imap.authenticate(mechanism, answer)
+        except AuthenticationError as err:
+            cause = err.__cause__
+            text = self._redact(_text(cause)) if cause is not None else ""
+            status = oauth_error_status(challenges[1]) if len(challenges) > 1 else None
+            if status is not None:
+                status = self._redact(status)
+            raise AuthenticationError(
+                oauth_refused(self.label, account, mechanism, text, status)
+            ) from err
+        except binascii.Error as err:
+            # imaplib could not decode a challenge; the command is still open: drop the line.
+            self.close()
+            raise ProtocolError(
+                f"{self.label}: AUTHENTICATE {mechanism}: the server sent a challenge that is "
+                "not base64"
+            ) from err
 
     # -- the wire ----------------------------------------------------------------------------
 

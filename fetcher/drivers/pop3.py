@@ -31,6 +31,12 @@ from typing import BinaryIO, Protocol
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
+from fetcher.drivers.sasl import (
+    OAUTH_MECHANISMS,
+    oauth_error_status,
+    oauth_refused,
+    oauth_response,
+)
 from fetcher.errors import (
     AuthenticationError,
     ConfigError,
@@ -59,8 +65,9 @@ MAX_UID = 512  # RFC 1939 says 70; some servers exceed it, none by this much (CV
 TOP_ALL_LINES = 99999999  # fetchmail's TOP n 99999999: the whole message, but not marked seen
 FORCE_RETR_ENV = "FETCHMAIL_POP3_FORCE_RETR"  # fetchmail: set at all, even empty, means RETR
 _FORBIDDEN_IN_COMMANDS = ("\r", "\n", "\0")
-
-
+# RFC 5034 section 4: an AUTH command with its initial response fits in 255 octets, CRLF included;
+# a longer response (a real OAuth2 token makes one) goes after the server's "+" instead.
+MAX_AUTH_LINE = 255
 class ConnectFactory(Protocol):
     """Opens a POP3 connection and reads the greeting; tests pass their own.
 
@@ -227,6 +234,8 @@ class Pop3Driver:
             self._user_pass()
         elif auth == "password":
             self._user_pass()
+        elif auth in OAUTH_MECHANISMS:
+            self._oauth(OAUTH_MECHANISMS[auth])
         else:
             raise UnsupportedFeatureError(
                 f"{self.label}: authentication '{auth}' is not supported for POP3"
@@ -490,6 +499,51 @@ class Pop3Driver:
         if final.ok:
             return True
         return self._auth_refused(final, may_fall_back)
+
+    def _oauth(self, mechanism: str) -> None:
+        """AUTH XOAUTH2 or OAUTHBEARER with the bearer token in `password`, over TLS only."""
+        account = f"{self.user.remote}@{self.label}"
+        if not self.tls_active:
+            raise TLSError(
+                f"{self.label}: refusing to send the OAuth2 token of {account} over an "
+                "unencrypted connection; use ssl or sslproto"
+            )
+        if mechanism not in self._sasl_mechanisms():
+            raise AuthenticationError(
+                f"{self.label}: the server does not offer SASL {mechanism} "
+                f"(auth {mechanism.lower()} for {account})"
+            )
+        token = self._password()
+        port = self.port if self.port is not None else self._resolve_port()
+        raw = oauth_response(mechanism, self.user.remote, token, self.host, port)
+        blob = base64.b64encode(raw).decode("ascii")
+        command = f"AUTH {mechanism} {blob}"
+        if len(command) + 2 <= MAX_AUTH_LINE:
+            reply = self._command(command, blob, token)
+        else:
+            reply = self._command(f"AUTH {mechanism}")
+            if reply.ok:
+                raise ProtocolError(f"{self.label}: AUTH {mechanism} accepted without a response")
+            if reply.line.startswith("+"):
+                self._send(blob, blob, token)
+                reply = self._read_status(blob, token)
+        status: str | None = None
+        if not reply.ok and reply.line.startswith("+"):
+            # RFC 7628 3.2.2: an error challenge; the client answers with an empty response and
+            # the server then fails the exchange.
+            try:
+                status = oauth_error_status(base64.b64decode(reply.text, validate=True))
+            except (binascii.Error, ValueError):
+                status = None
+            self._send("")
+            reply = self._read_status(blob, token)
+        if reply.ok:
+            return
+        error = self._refusal(trace.redact(reply.text, blob), stage="auth")
+        if isinstance(error, AuthenticationError):
+            text = trace.redact(reply.text, token, blob)
+            raise AuthenticationError(oauth_refused(self.label, account, mechanism, text, status))
+        raise error
 
     def _auth_refused(self, reply: Reply, may_fall_back: bool) -> bool:
         error = self._refusal(reply.text, stage="auth")

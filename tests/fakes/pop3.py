@@ -8,7 +8,11 @@ is in what a real server will not do on request:
 - inject plaintext after "+OK" to STLS (`inject_after_stls`);
 - answer any command with a canned line (`replies`, e.g. lock busy) or not at all (`silent`);
 - drop the connection part-way through a RETR (`drop_in_retr_after`);
-- greet with an APOP timestamp (`apop_stamp`).
+- greet with an APOP timestamp (`apop_stamp`);
+- take AUTH XOAUTH2 and OAUTHBEARER (`oauth_token`, offered when `capabilities` has a SASL line
+  naming them), with or without an initial response: the decoded client response must be
+  exactly the SASL string for the user and token (kept in `sasl_received`), or the server sends
+  an RFC 7628 error challenge, reads the client's answer and says -ERR.
 
 Everything every session received is kept in `received`, with whether it came over TLS, so a
 test can assert that no USER or PASS was ever sent in the clear.
@@ -20,6 +24,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import socket
 import ssl
 import threading
@@ -31,6 +36,14 @@ from typing import BinaryIO
 HOST = "127.0.0.1"
 SILENT_GREETING = "GREETING"  # in `silent`: accept the connection, never greet
 SILENT_HANDSHAKE = "HANDSHAKE"  # in `silent`: "+OK" to STLS, then never start TLS
+OAUTH_ERROR = {"status": "400", "schemes": "bearer", "scope": "mail"}
+
+
+def oauth_string(mechanism: str, user: str, token: str, port: int) -> str:
+    """The client response a correct XOAUTH2 or OAUTHBEARER client sends, before base64."""
+    if mechanism == "XOAUTH2":
+        return f"user={user}\x01auth=Bearer {token}\x01\x01"
+    return f"n,a={user},\x01host={HOST}\x01port={port}\x01auth=Bearer {token}\x01\x01"
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,10 @@ class FakePop3Server:
         silent: Iterable[str] = (),
         drop_in_retr_after: int | None = None,
         inject_after_stls: bytes = b"",
+        oauth_token: str | None = None,
     ) -> None:
+        self.oauth_token = oauth_token
+        self.sasl_received: list[str] = []  # decoded XOAUTH2/OAUTHBEARER client responses
         self.messages: list[bytes] = list(messages)
         self.uids: list[str] | None = list(uids) if uids is not None else None
         if self.uids is not None and len(self.uids) != len(self.messages):
@@ -291,6 +307,8 @@ class FakePop3Server:
 
     def _cmd_auth(self, s: _Session, arg: str) -> bool:
         mechanism, _, initial = arg.partition(" ")
+        if mechanism.upper() in ("XOAUTH2", "OAUTHBEARER") and self.oauth_token is not None:
+            return self._oauth(s, mechanism.upper(), initial)
         if mechanism.upper() == "PLAIN" and "SASL PLAIN" in self.capabilities:
             try:
                 _authzid, name, password = base64.b64decode(initial).decode().split("\0")
@@ -318,6 +336,43 @@ class FakePop3Server:
         good = hmac.new(self.password.encode(), challenge, hashlib.md5).hexdigest()
         if name == self.user and hmac.compare_digest(mac, good):
             return self._logged_in(s)
+        s.line("-ERR [AUTH] Authentication failed.")
+        return True
+
+    def _offered(self, mechanism: str) -> bool:
+        return any(
+            c.split()[0].upper() == "SASL" and mechanism in c.upper().split()[1:]
+            for c in self.capabilities
+            if c.strip()
+        )
+
+    def _read_answer(self, s: _Session) -> str:
+        answer = s.rfile.readline(65536).rstrip(b"\r\n").decode("utf-8", "replace")
+        with self._lock:
+            self.received.append(Received(answer, s.tls))
+        return answer
+
+    def _oauth(self, s: _Session, mechanism: str, initial: str) -> bool:
+        assert self.oauth_token is not None
+        if not self._offered(mechanism):
+            s.line("-ERR unsupported mechanism")
+            return True
+        if not initial:
+            s.line("+ ")
+            initial = self._read_answer(s)
+        try:
+            decoded = base64.b64decode(initial, validate=True).decode("utf-8", "replace")
+        except ValueError:
+            s.line("-ERR bad response")
+            return True
+        with self._lock:
+            self.sasl_received.append(decoded)
+        if decoded == oauth_string(mechanism, self.user, self.oauth_token, self.port):
+            return self._logged_in(s)
+        s.line("+ " + base64.b64encode(json.dumps(OAUTH_ERROR).encode()).decode())
+        if self._read_answer(s):
+            s.line("-ERR expected an empty response to the error challenge")
+            return True
         s.line("-ERR [AUTH] Authentication failed.")
         return True
 
