@@ -31,6 +31,7 @@ from typing import BinaryIO, Protocol
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
+from fetcher.drivers.ports import resolve_port
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
     oauth_error_status,
@@ -302,20 +303,13 @@ class Pop3Driver:
     # -- connection and TLS --------------------------------------------------------------
 
     def _resolve_port(self) -> int:
-        service = self.server.service
-        if not service:
-            return DEFAULT_SSL_PORT if self.tls_mode is tls.TlsMode.IMPLICIT else DEFAULT_PORT
-        if service.isdigit():
-            port = int(service)
-            if 0 < port < 65536:
-                return port
-            raise ConfigError(f"{self.label}: service {service} is not a valid port number")
-        try:
-            return socket.getservbyname(service, "tcp")
-        except OSError as err:
-            raise ServerConnectionError(
-                f"connection to {self.host}:{service} failed: unknown service ({err})"
-            ) from err
+        implicit = self.tls_mode is tls.TlsMode.IMPLICIT
+        return resolve_port(
+            self.server.service,
+            default=DEFAULT_SSL_PORT if implicit else DEFAULT_PORT,
+            label=self.label,
+            host=self.host,
+        )
 
     def _tls_context(self) -> tls.ClientContext:
         if self._context is None:
