@@ -8,6 +8,14 @@ line received is kept in `received`, so a test can assert that no credential was
 With `oauth_token`, AUTHENTICATE XOAUTH2 and OAUTHBEARER succeed only when the decoded client
 response is exactly the SASL string for `oauth_user` and that token (kept in `sasl_received`);
 otherwise the server sends an RFC 7628 error challenge, reads the client's answer and says NO.
+
+With `messages`, it also holds a mailbox (UIDs 1, 2, ... in order, UIDVALIDITY `uidvalidity`)
+that lives as long as the server, across connections: SELECT/EXAMINE, UID SEARCH, UID FETCH
+(sizes and flags, or BODY.PEEK[]), UID STORE +FLAGS, EXPUNGE and UID EXPUNGE work on it, so a
+test can assert what stayed (`mailbox`, `flags`, `expunged`). Faults for it: `drop_in_fetch_of_uid`
+sends half of that message's text and closes the connection; `store_reply` answers every UID
+STORE with that tagged reply (e.g. "NO [CANNOT] refused") and changes nothing; `bye_on` answers
+that command (the word after any UID, e.g. "STORE") with an untagged BYE and closes.
 """
 
 from __future__ import annotations
@@ -45,7 +53,20 @@ class FakeImapServer:
         silent_on: str | None = None,
         oauth_token: str | None = None,
         oauth_user: str = "bob",
+        messages: list[bytes] | None = None,
+        uidvalidity: int = 42,
+        drop_in_fetch_of_uid: int | None = None,
+        store_reply: str | None = None,
+        bye_on: str | None = None,
     ) -> None:
+        self.has_mailbox = messages is not None
+        self.mailbox: dict[int, bytes] = dict(enumerate(messages or [], start=1))
+        self.flags: dict[int, set[str]] = {uid: set() for uid in self.mailbox}
+        self.expunged: list[int] = []
+        self.uidvalidity = uidvalidity
+        self.drop_in_fetch_of_uid = drop_in_fetch_of_uid
+        self.store_reply = store_reply
+        self.bye_on = bye_on
         self.oauth_token = oauth_token
         self.oauth_user = oauth_user
         self.sasl_received: list[str] = []  # decoded XOAUTH2/OAUTHBEARER client responses
@@ -109,6 +130,17 @@ class FakeImapServer:
             if verb == self.silent_on:
                 self._stop.wait(5)
                 return
+            words = rest.split(" ")
+            command = words[1].upper() if verb == "UID" and len(words) > 1 else verb
+            if command == self.bye_on:
+                conn.sendall(b"* BYE going away\r\n")
+                return
+            if self.has_mailbox and command in _MAILBOX_COMMANDS:
+                mailbox_reply = self._mailbox(conn, tag, command, rest)
+                if mailbox_reply is None:
+                    return  # dropped
+                conn.sendall(mailbox_reply.encode())
+                continue
             if verb == "CAPABILITY":
                 reply = f"* CAPABILITY {self.capabilities}\r\n{tag} OK done\r\n"
             elif verb == "STARTTLS":
@@ -154,3 +186,80 @@ class FakeImapServer:
         if empty:
             return f"{tag} BAD expected an empty response to the error challenge\r\n"
         return f"{tag} NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
+
+    # -- the mailbox -----------------------------------------------------------------------
+
+    def _uids(self, spec: str) -> list[int]:
+        """The UIDs in the mailbox that an IMAP sequence set of UIDs names."""
+        highest = max(self.mailbox, default=0)
+        wanted: set[int] = set()
+        for part in spec.split(","):
+            low, _, high = part.partition(":")
+            first = highest if low == "*" else int(low)
+            last = first if not high else highest if high == "*" else int(high)
+            wanted.update(range(min(first, last), max(first, last) + 1))
+        return [uid for uid in sorted(self.mailbox) if uid in wanted]
+
+    def _seq(self, uid: int) -> int:
+        return sorted(self.mailbox).index(uid) + 1
+
+    def _flag_list(self, uid: int) -> str:
+        return "(" + " ".join(sorted(self.flags[uid])) + ")"
+
+    def _mailbox(self, conn: socket.socket, tag: str, command: str, rest: str) -> str | None:
+        words = rest.split(" ")
+        if command in ("SELECT", "EXAMINE"):
+            mode = "READ-ONLY" if command == "EXAMINE" else "READ-WRITE"
+            return (
+                f"* {len(self.mailbox)} EXISTS\r\n* 0 RECENT\r\n"
+                "* FLAGS (\\Seen \\Deleted)\r\n"
+                f"* OK [UIDVALIDITY {self.uidvalidity}] UIDs valid\r\n"
+                f"{tag} OK [{mode}] done\r\n"
+            )
+        if command == "SEARCH":
+            found = "".join(f" {uid}" for uid in sorted(self.mailbox))
+            return f"* SEARCH{found}\r\n{tag} OK done\r\n"
+        if command == "FETCH":
+            uids, items = self._uids(words[2]), " ".join(words[3:]).upper()
+            for uid in uids:
+                if "BODY" not in items:
+                    size = len(self.mailbox[uid])
+                    line = f"* {self._seq(uid)} FETCH (UID {uid} RFC822.SIZE {size} "
+                    conn.sendall(f"{line}FLAGS {self._flag_list(uid)})\r\n".encode())
+                    continue
+                text = self.mailbox[uid]
+                head = f"* {self._seq(uid)} FETCH (UID {uid} BODY[] {{{len(text)}}}\r\n"
+                if uid == self.drop_in_fetch_of_uid:
+                    conn.sendall(head.encode() + text[: len(text) // 2])
+                    return None
+                conn.sendall(head.encode() + text + b")\r\n")
+            return f"{tag} OK done\r\n"
+        if command == "STORE":
+            if self.store_reply is not None:
+                return f"{tag} {self.store_reply}\r\n"
+            uids, mode = self._uids(words[2]), words[3].upper()
+            flags = " ".join(words[4:]).strip("()").split()
+            lines = ""
+            for uid in uids:
+                if mode.startswith("+"):
+                    self.flags[uid].update(flags)
+                elif mode.startswith("-"):
+                    self.flags[uid].difference_update(flags)
+                else:
+                    self.flags[uid] = set(flags)
+                if not mode.endswith(".SILENT"):
+                    flag_list = self._flag_list(uid)
+                    lines += f"* {self._seq(uid)} FETCH (UID {uid} FLAGS {flag_list})\r\n"
+            return f"{lines}{tag} OK done\r\n"
+        # EXPUNGE, or UID EXPUNGE with a set
+        candidates = self._uids(words[2]) if words[0].upper() == "UID" else sorted(self.mailbox)
+        lines = ""
+        for uid in reversed(candidates):
+            if "\\Deleted" in self.flags[uid]:
+                lines += f"* {self._seq(uid)} EXPUNGE\r\n"
+                del self.mailbox[uid], self.flags[uid]
+                self.expunged.append(uid)
+        return f"{lines}{tag} OK done\r\n"
+
+
+_MAILBOX_COMMANDS = frozenset({"SELECT", "EXAMINE", "SEARCH", "FETCH", "STORE", "EXPUNGE"})
