@@ -18,7 +18,7 @@ from fetcher import message as msg
 from fetcher.bounce import bounce_recipient, build_bounce
 from fetcher.config import local_hostname
 from fetcher.drivers.base import MailboxDriver, MessageInfo
-from fetcher.errors import HookError, PyfetchError
+from fetcher.errors import HookError, ProtocolError, PyfetchError
 from fetcher.exitcodes import ExitCode
 from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.plan import (
@@ -140,6 +140,8 @@ class AccountPoll:
             )
             if uidvalidity is not None:
                 self._check_uidvalidity(uidvalidity)
+            if self.store is not None and not self.check_only and all(m.uid for m in listing):
+                self.store.prune(self.key, {m.uid for m in listing if m.uid is not None})
             seen = self.store.seen(self.key) if self.store else frozenset()
             delivered = self.store.delivered(self.key) if self.store else frozenset()
             decisions = plan_mailbox(listing, seen, self.policy, delivered)
@@ -229,8 +231,8 @@ class AccountPoll:
                         self.key, info.uid, delete_pending=disposition is Disposition.DELETE
                     )
                 if disposition is Disposition.DELETE:
-                    await asyncio.to_thread(driver.delete, info.number)
-                    deleted.append(info.uid)
+                    if await self._delete(driver, info):
+                        deleted.append(info.uid)
                 elif disposition is Disposition.KEEP_SEEN:
                     await asyncio.to_thread(driver.mark_seen, info.number)
                 # fetchmail names the message by the server's true name, the count by poll name
@@ -239,8 +241,8 @@ class AccountPoll:
                     flushed=disposition is Disposition.DELETE,
                 )
             elif decision.action in _DELETING:
-                await asyncio.to_thread(driver.delete, info.number)
-                deleted.append(info.uid)
+                if await self._delete(driver, info):
+                    deleted.append(info.uid)
                 report.message_skipped(
                     user.remote, server.queryname, info.number, info.size,
                     _SKIP_REASONS[decision.action], flushed=True,
@@ -251,6 +253,17 @@ class AccountPoll:
                     flushed=False,
                 )
         return PollResult(status, fetched), deleted, False
+
+    async def _delete(self, driver: MailboxDriver, info: MessageInfo) -> bool:
+        """Delete on the server; a refusal (IMAP NO on STORE) is reported and the poll goes on
+        with the next message, so that one undeletable message cannot block the mailbox. Its
+        UID stays recorded, so it is never delivered twice."""
+        try:
+            await asyncio.to_thread(driver.delete, info.number)
+        except ProtocolError as err:
+            self.reporter.error(f"could not delete message {info.number}: {err.message}")
+            return False
+        return True
 
     async def _bounce(self, delivery: Delivery) -> bool:
         """Tell the sender (or the postmaster) before a refused message is dropped; False if

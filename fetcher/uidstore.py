@@ -131,6 +131,13 @@ class UidStore:
         for uid in uids:
             self._remove(key, uid)
 
+    def prune(self, key: str, present: set[str]) -> None:
+        """Forget the UIDs of `key` that the server no longer lists: their messages are gone
+        (fetchmail drops them too), so the file does not grow for ever."""
+        account = self._accounts.get(key)
+        if account is not None:
+            self.expunged(key, account.seen - present)
+
     def forget(self, key: str) -> None:
         """Drop everything recorded for `key` (a folder whose UIDVALIDITY changed)."""
         account = self._accounts.get(key)

@@ -15,7 +15,7 @@ from fakes.imap import FakeImapServer
 
 from fetcher.drivers.base import MailboxDriver
 from fetcher.drivers.imap import ImapDriver
-from fetcher.errors import ProtocolError, ServerConnectionError
+from fetcher.errors import ServerConnectionError
 from fetcher.exitcodes import ExitCode
 from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.report import Reporter
@@ -148,26 +148,30 @@ def test_drop_during_fetch_keeps_the_message(idfile: Path) -> None:
     assert recorded(idfile) == (frozenset(), frozenset())  # the expunge was recorded
 
 
-def test_store_refused_keeps_the_message_and_delivers_once(idfile: Path) -> None:
+def test_store_refused_keeps_the_message_and_delivers_once(
+    idfile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that refuses STORE cannot block the mailbox: each refusal is reported, the
+    poll goes on, nothing is expunged, and no message is ever delivered twice."""
     sink = RecordingSink()
     refusing = FakeImapServer(messages=MESSAGES, store_reply="NO [CANNOT] flags are frozen")
-    with refusing as server, pytest.raises(ProtocolError) as info:
-        poll(server, sink, idfile)
-    assert "UID STORE" in str(info.value) and "frozen" in str(info.value)
-    assert sink.subjects == ["first"]  # the poll stops at the first refusal
+    with refusing as server:
+        result = poll(server, sink, idfile)
+    assert result.status is ExitCode.SUCCESS
+    assert sink.subjects == ["first", "second"]
+    assert "could not delete message 1" in capsys.readouterr().err
     assert set(server.mailbox) == {1, 2}
     assert server.flags == {1: set(), 2: set()}
-    assert bodies_fetched(server) == [1]
     assert sent(server, "EXPUNGE") == []
-    assert recorded(idfile) == (frozenset({"1"}), frozenset({"1"}))
+    assert recorded(idfile) == (frozenset({"1", "2"}), frozenset({"1", "2"}))
 
-    # The next poll does not deliver message 1 again: its UID was recorded before the STORE.
+    # With the server fixed, the next poll deletes both without delivering either again.
     again = RecordingSink()
     with FakeImapServer(messages=MESSAGES) as server:
         result = poll(server, again, idfile)
-    assert result.status is ExitCode.SUCCESS
-    assert again.subjects == ["second"]
-    assert bodies_fetched(server) == [2]
+    assert result.status is ExitCode.NOMAIL
+    assert again.subjects == []
+    assert bodies_fetched(server) == []
     assert server.mailbox == {}
 
 

@@ -85,3 +85,14 @@ def test_torn_journal_line_is_ignored(tmp_path: Path) -> None:
     journal.write_text("delivered bob@mail.isp.net u1\ndeliv")
     os.chmod(journal, 0o600)
     assert store(ids).delivered(KEY) == {"u1"}
+
+
+def test_prune_forgets_uids_the_server_no_longer_lists(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    s = store(ids)
+    for uid in ("u1", "u2", "u3"):
+        s.record(KEY, uid, delete_pending=uid == "u3")
+    s.prune(KEY, {"u2"})
+    s.save()
+    assert ids.read_text() == "bob@mail.isp.net u2\n"
+    assert store(ids).delivered(KEY) == frozenset()
