@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 
+from fetcher.drivers.auto import AutoDriver
 from fetcher.drivers.base import MailboxDriver
 from fetcher.drivers.imap import ImapDriver
 from fetcher.drivers.pop3 import Pop3Driver
@@ -47,7 +48,8 @@ def default_driver(
 ) -> MailboxDriver:
     if server.protocol == "IMAP":
         return ImapDriver(server, user, folder=folder, read_only=read_only)
-    # `auto` polls with POP3 for now; fetchmail would try IMAP first
+    if server.protocol == "auto":
+        return AutoDriver(server, user, folder=folder, read_only=read_only)
     return Pop3Driver(server, user)
 
 
@@ -99,7 +101,8 @@ def _mailboxes(config: Config) -> list[tuple[ServerOptions, UserOptions, str | N
     """Every folder of every selected account, polled in turn; POP3 has just the one."""
     out: list[tuple[ServerOptions, UserOptions, str | None]] = []
     for server, user in config.selected_accounts():
-        folders: list[str | None] = list(user.mailboxes) if server.protocol == "IMAP" else []
+        imap = server.protocol in ("IMAP", "auto")
+        folders: list[str | None] = list(user.mailboxes) if imap else []
         out.extend((server, user, folder) for folder in folders or [None])
     return out
 

@@ -114,3 +114,21 @@ def test_uidvalidity_change_is_reported_not_silent(
     old = ids.split(";UIDVALIDITY=")[1].split()[0]
     left = (home / ".fetchids").read_text() if (home / ".fetchids").exists() else ""
     assert f"UIDVALIDITY={old}" not in left  # the stale UIDs are gone
+
+
+@pytest.mark.parametrize("port", ["imap", "pop3"])
+def test_auto_tries_imap_then_pop3(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, port: str
+) -> None:
+    """fetchmail's default protocol: IMAP first; a server that does not speak it gets POP3."""
+    dovecot.seed("bob", MESSAGES[:1])
+    path = rcfile(home, dovecot, test_ca, smtpd)
+    path.write_text(
+        path.read_text()
+        .replace(" proto imap", "")
+        .replace(f"service {dovecot.ports['imap']}", f"service {dovecot.ports[port]}")
+    )
+    result = pyfetch(home, "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dovecot.messages("bob") == []
+    assert f"with {port.upper()} (pyfetch" in smtpd.transactions[0].data.decode(errors="replace")

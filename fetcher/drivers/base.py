@@ -22,8 +22,13 @@ class MessageInfo:
 class MailboxDriver(Protocol):
     """One connection to one mailbox. Every call may raise a fetcher.errors.RemoteError."""
 
-    protocol: str  # "POP3", "IMAP": for messages and the Received header
-    peer_address: str | None  # the server's IP address once connected, for Received
+    @property
+    def protocol(self) -> str:
+        """ "POP3", "IMAP": for messages and the Received header."""
+
+    @property
+    def peer_address(self) -> str | None:
+        """The server's IP address once connected, for the Received header."""
 
     def connect(self) -> None:
         """Open the connection, read the greeting, negotiate TLS as configured."""
