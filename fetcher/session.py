@@ -98,7 +98,6 @@ class AccountPoll:
         self.key = account_key(user.remote, server.queryname)
         self._sink: Sink | None = None
         self._batch = 0  # messages handed to the current sink connection
-        self._last: tuple[Envelope | None, bytes] = (None, b"")  # for a bounce
 
     async def run(self) -> PollResult:
         server, user = self.server, self.user
@@ -177,15 +176,21 @@ class AccountPoll:
                 )
                 self.store.forget(stale)
 
-    def _check(self, decisions: list[Decision]) -> PollResult:
+    def _report_count(self, decisions: list[Decision]) -> int:
+        """fetchmail's `N messages (M seen) for bob at host (T octets).` or `No mail for ...`;
+        returns N."""
         total, seen, octets = count_new(decisions)
-        new = sum(1 for d in decisions if d.action is Action.FETCH)
         if total:
             self.reporter.message_count(
                 self.user.remote, self.server.pollname, total, seen, octets
             )
         else:
             self.reporter.no_mail(self.user.remote, self.server.pollname)
+        return total
+
+    def _check(self, decisions: list[Decision]) -> PollResult:
+        self._report_count(decisions)
+        new = any(d.action is Action.FETCH for d in decisions)
         return PollResult(ExitCode.SUCCESS if new else ExitCode.NOMAIL)
 
     async def _work(
@@ -194,11 +199,7 @@ class AccountPoll:
         """Work through one session's decisions. Returns the result, the UIDs deleted, and
         whether the session stopped early for `expunge` with work left."""
         user, server, report = self.user, self.server, self.reporter
-        total, seen, octets = count_new(decisions)
-        if total:
-            report.message_count(user.remote, server.pollname, total, seen, octets)
-        else:
-            report.no_mail(user.remote, server.pollname)
+        total = self._report_count(decisions)
         deleted: list[str | None] = []
         status = ExitCode.NOMAIL
         for index, decision in enumerate(decisions):
@@ -217,28 +218,29 @@ class AccountPoll:
                     )
                     status = ExitCode.MAXFETCH
                     break
-                delivery = await self._fetch_and_deliver(driver, info)
+                delivery, envelope, header = await self._fetch_and_deliver(driver, info)
                 fetched += 1
                 if status is ExitCode.NOMAIL:
                     status = ExitCode.SUCCESS
                 disposition = after_delivery(delivery, self.policy)
                 refused = disposition is Disposition.DELETE and delivery.outcome is Outcome.PERMFAIL
-                if refused and not await self._bounce(delivery):
+                if refused and not await self._bounce(delivery, envelope, header):
                     disposition = Disposition.RETRY  # nobody could be told: keep it
                 if disposition is not Disposition.RETRY and info.uid is not None and self.store:
                     # durable before the DELE: a crash from here on delivers nothing twice
                     self.store.record(
                         self.key, info.uid, delete_pending=disposition is Disposition.DELETE
                     )
+                flushed = False
                 if disposition is Disposition.DELETE:
-                    if await self._delete(driver, info):
+                    flushed = await self._delete(driver, info)
+                    if flushed:
                         deleted.append(info.uid)
                 elif disposition is Disposition.KEEP_SEEN:
                     await asyncio.to_thread(driver.mark_seen, info.number)
                 # fetchmail names the message by the server's true name, the count by poll name
                 report.message_read(
-                    user.remote, server.queryname, info.number, total, info.size,
-                    flushed=disposition is Disposition.DELETE,
+                    user.remote, server.queryname, info.number, total, info.size, flushed=flushed
                 )
             elif decision.action in _DELETING:
                 if await self._delete(driver, info):
@@ -265,10 +267,10 @@ class AccountPoll:
             return False
         return True
 
-    async def _bounce(self, delivery: Delivery) -> bool:
+    async def _bounce(self, delivery: Delivery, envelope: Envelope | None, header: bytes) -> bool:
         """Tell the sender (or the postmaster) before a refused message is dropped; False if
-        that failed, so that the message stays on the server."""
-        envelope, header = self._last
+        that failed, so that the message stays on the server. `envelope` is None for a
+        message refused before delivery (a bad header): there is nobody known to tell."""
         if delivery.antispam and not self.globals.spambounce:
             return True  # spam is dropped silently, as fetchmail does
         to = bounce_recipient(
@@ -279,11 +281,12 @@ class AccountPoll:
         if to is None:
             return True  # the null sender is never bounced to
         recipients = envelope.recipients if envelope else [self.user.remote]
+        host = local_hostname()
         bounce = build_bounce(
             to=to, recipients=recipients, delivery=delivery, original_header=header,
-            local_host=local_hostname(),
+            local_host=host,
         )
-        sink = SmtpSink(self.user.smtphunt, helo_name=local_hostname())
+        sink = SmtpSink(self.user.smtphunt, helo_name=host)
         try:
             result = await sink.deliver(*bounce)
         except PyfetchError as err:
@@ -295,8 +298,10 @@ class AccountPoll:
             self.reporter.error(f"could not send a bounce to {to}: {result.reply}")
         return result.outcome is Outcome.ACCEPTED
 
-    async def _fetch_and_deliver(self, driver: MailboxDriver, info: MessageInfo) -> Delivery:
-        self._last = (None, b"")
+    async def _fetch_and_deliver(
+        self, driver: MailboxDriver, info: MessageInfo
+    ) -> tuple[Delivery, Envelope | None, bytes]:
+        """The delivery, with the envelope and edited header a bounce would need."""
         with _spool() as spool:
             await asyncio.to_thread(driver.retrieve, info.number, spool, peek=self.policy.peek)
             spool.seek(0)
@@ -310,9 +315,8 @@ class AccountPoll:
                 for_mda=self.user.mda is not None and self.user.bsmtp is None,
             )
             if isinstance(prepared, Delivery):  # refused before delivery (bad header)
-                return prepared
+                return prepared, None, b""
             envelope, message = prepared
-            self._last = (envelope, message.header)
             if self._sink is None:
                 self._sink = self.make_sink(self.server, self.user, self.globals)
                 self._batch = 0
@@ -322,7 +326,7 @@ class AccountPoll:
                 # `batchlimit N`: a fresh listener connection after every N messages
                 await self._sink.close()
                 self._sink = None
-            return delivery
+            return delivery, envelope, message.header
 
 
 _DELETING = frozenset({Action.FLUSH, Action.FLUSH_OVERSIZED, Action.DELETE_DELIVERED})
