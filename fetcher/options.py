@@ -23,14 +23,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TextIO
 
+from fetcher.config import DEFAULT_TIMEOUT  # fetchmail's CLIENT_TIMEOUT: what -t 0 selects
 from fetcher.errors import ConfigError
 from fetcher.exitcodes import ExitCode
 from fetcher.interface import interface_problem
 
 PROG = "pyfetch"
 
-# fetchmail's CLIENT_TIMEOUT, which `-t 0` (and `-t -1`) select explicitly.
-DEFAULT_TIMEOUT = 300
 
 DUMP_FORMATS = ("json", "toml")
 

@@ -34,7 +34,7 @@ from imapclient import IMAPClient  # type: ignore[import-untyped]
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
-from fetcher.drivers.ports import resolve_port
+from fetcher.drivers.endpoint import Endpoint
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
     oauth_error_status,
@@ -49,7 +49,6 @@ from fetcher.errors import (
     ProtocolError,
     RemoteError,
     ServerConnectionError,
-    ServerTimeoutError,
     TLSError,
     UnsupportedFeatureError,
 )
@@ -61,7 +60,6 @@ if TYPE_CHECKING:
 PROTO = "IMAP"
 DEFAULT_PORT = 143
 DEFAULT_SSL_PORT = 993
-DEFAULT_TIMEOUT = 300  # `timeout 0` must not mean "wait forever" (CVE-2011-1947)
 DEFAULT_FOLDER = "INBOX"
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
@@ -155,7 +153,7 @@ def _text(err: BaseException) -> str:
     return str(arg)
 
 
-class ImapDriver:
+class ImapDriver(Endpoint):
     """A MailboxDriver for IMAP (see fetcher.drivers.base for the contract).
 
     Message numbers are UIDs. After list_messages(), `uidvalidity` holds the folder's
@@ -163,6 +161,8 @@ class ImapDriver:
     """
 
     protocol = PROTO
+    DEFAULT_PORT = DEFAULT_PORT
+    DEFAULT_SSL_PORT = DEFAULT_SSL_PORT
 
     def __init__(
         self,
@@ -173,25 +173,16 @@ class ImapDriver:
         read_only: bool = False,
         connect_factory: ConnectFactory | None = None,
     ) -> None:
-        self.server = server
-        self.user = user
+        super().__init__(server, user)
         self.folder = folder or DEFAULT_FOLDER
         self.read_only = read_only
-        self.host = server.queryname
-        self.label = server.pollname or self.host
-        self.timeout = server.timeout if server.timeout > 0 else DEFAULT_TIMEOUT
-        self.tls_mode = tls.tls_mode(user)
-        self.peer_address: str | None = None
-        self.port: int | None = None
         self.greeting = ""
         self.preauth = False
         self.capabilities: frozenset[str] = frozenset()
-        self.tls_active = False
         self.uidvalidity: int | None = None
         self.seen_uids: set[str] = set()
         self._connect_factory: ConnectFactory = connect_factory or open_connection
         self._conn: Any = None
-        self._context: tls.ClientContext | None = None
         self._uids: set[int] = set()
         self._deleted: set[int] = set()
         self._secrets: list[str] = []
@@ -326,20 +317,6 @@ class ImapDriver:
                         thing.close()
 
     # -- connection and TLS --------------------------------------------------------------
-
-    def _resolve_port(self) -> int:
-        implicit = self.tls_mode is tls.TlsMode.IMPLICIT
-        return resolve_port(
-            self.server.service,
-            default=DEFAULT_SSL_PORT if implicit else DEFAULT_PORT,
-            label=self.label,
-            host=self.host,
-        )
-
-    def _tls_context(self) -> tls.ClientContext:
-        if self._context is None:
-            self._context = tls.client_context(self.user, self.host)
-        return self._context
 
     def _open(self, port: int, context: ssl.SSLContext | None) -> None:
         try:
@@ -622,7 +599,3 @@ class ImapDriver:
             return AuthenticationError(f"{self.label}: {text or 'authentication refused'}")
         return ProtocolError(f"{self.label}: {what} failed: {text}")
 
-    def _timeout_error(self) -> ServerTimeoutError:
-        return ServerTimeoutError(
-            f"timeout after {self.timeout} seconds waiting for server {self.label}."
-        )

@@ -31,7 +31,7 @@ from typing import BinaryIO, Protocol
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
-from fetcher.drivers.ports import resolve_port
+from fetcher.drivers.endpoint import Endpoint
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
     oauth_error_status,
@@ -46,7 +46,6 @@ from fetcher.errors import (
     ProtocolError,
     RemoteError,
     ServerConnectionError,
-    ServerTimeoutError,
     TLSError,
     UnsupportedFeatureError,
 )
@@ -56,9 +55,6 @@ from fetcher.model import ServerOptions, UserOptions
 PROTO = "POP3"
 DEFAULT_PORT = 110
 DEFAULT_SSL_PORT = 995
-# `timeout 0` would mean "wait forever" in fetchmail; a poll that can hang forever is the bug of
-# CVE-2011-1947, so 0 (or a negative value) falls back to fetchmail's default instead.
-DEFAULT_TIMEOUT = 300
 MAX_LINE = 1024 * 1024  # longest message line accepted, without its CRLF
 MAX_REPLY_LINE = 8192  # longest status or listing line (RFC 2449 allows only 512)
 MAX_CAPA_LINES = 1000  # a CAPA listing longer than this is not a POP3 server talking
@@ -169,10 +165,12 @@ def _close_quietly(conn: poplib.POP3) -> None:
                 thing.close()
 
 
-class Pop3Driver:
+class Pop3Driver(Endpoint):
     """A MailboxDriver for POP3 and APOP (see fetcher.drivers.base for the contract)."""
 
     protocol = PROTO
+    DEFAULT_PORT = DEFAULT_PORT
+    DEFAULT_SSL_PORT = DEFAULT_SSL_PORT
 
     def __init__(
         self,
@@ -181,21 +179,12 @@ class Pop3Driver:
         *,
         connect_factory: ConnectFactory | None = None,
     ) -> None:
-        self.server = server
-        self.user = user
-        self.host = server.queryname  # where we connect, and the name the certificate must carry
-        self.label = server.pollname or self.host  # how fetchmail names the server in messages
-        self.timeout = server.timeout if server.timeout > 0 else DEFAULT_TIMEOUT
-        self.tls_mode = tls.tls_mode(user)
-        self.peer_address: str | None = None
+        super().__init__(server, user)
         self.greeting = ""
         self.capabilities: dict[str, tuple[str, ...]] = {}  # CAPA name (upper case) -> arguments
         self.capa_supported = False  # CAPA answered +OK
-        self.tls_active = False
-        self.port: int | None = None
         self._connect_factory: ConnectFactory = connect_factory or open_connection
         self._conn: poplib.POP3 | None = None
-        self._context: tls.ClientContext | None = None
 
     # -- MailboxDriver -------------------------------------------------------------------
 
@@ -301,20 +290,6 @@ class Pop3Driver:
                 _close_quietly(conn)
 
     # -- connection and TLS --------------------------------------------------------------
-
-    def _resolve_port(self) -> int:
-        implicit = self.tls_mode is tls.TlsMode.IMPLICIT
-        return resolve_port(
-            self.server.service,
-            default=DEFAULT_SSL_PORT if implicit else DEFAULT_PORT,
-            label=self.label,
-            host=self.host,
-        )
-
-    def _tls_context(self) -> tls.ClientContext:
-        if self._context is None:
-            self._context = tls.client_context(self.user, self.host)
-        return self._context
 
     def _open(self, port: int, context: ssl.SSLContext | None) -> None:
         try:
@@ -684,11 +659,6 @@ class Pop3Driver:
         # After a timeout, a dropped line or garbage the dialogue is out of step: nothing more
         # can be sent on this connection, and QUIT must not run (it would expunge).
         self.close()
-
-    def _timeout_error(self) -> ServerTimeoutError:
-        return ServerTimeoutError(
-            f"timeout after {self.timeout} seconds waiting for server {self.label}."
-        )
 
     def _lost(self, err: OSError) -> ServerConnectionError:
         reason = err.strerror or str(err) or type(err).__name__

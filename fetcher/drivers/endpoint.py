@@ -1,0 +1,60 @@
+"""What every driver needs before it speaks its protocol: where to connect, how long to wait,
+and the TLS mode and context (built only by fetcher.tls)."""
+
+from __future__ import annotations
+
+import socket
+from typing import ClassVar
+
+from fetcher import tls
+from fetcher.config import DEFAULT_TIMEOUT
+from fetcher.errors import ConfigError, ServerConnectionError, ServerTimeoutError
+from fetcher.model import ServerOptions, UserOptions
+
+
+class Endpoint:
+    """Base of the POP3 and IMAP drivers: the server, the account and the TLS settings."""
+
+    DEFAULT_PORT: ClassVar[int]
+    DEFAULT_SSL_PORT: ClassVar[int]
+
+    def __init__(self, server: ServerOptions, user: UserOptions) -> None:
+        self.server = server
+        self.user = user
+        self.host = server.queryname  # where we connect, and the name the certificate must carry
+        self.label = server.pollname or self.host  # how fetchmail names the server in messages
+        # `timeout 0` must not mean "wait forever": that was fetchmail's CVE-2011-1947
+        self.timeout = server.timeout if server.timeout > 0 else DEFAULT_TIMEOUT
+        self.tls_mode = tls.tls_mode(user)
+        self.peer_address: str | None = None
+        self.port: int | None = None
+        self.tls_active = False
+        self._context: tls.ClientContext | None = None
+
+    def _resolve_port(self) -> int:
+        """The `service`/`port` option as a number or a name, else the protocol's default."""
+        service = self.server.service
+        if not service:
+            implicit = self.tls_mode is tls.TlsMode.IMPLICIT
+            return self.DEFAULT_SSL_PORT if implicit else self.DEFAULT_PORT
+        if service.isdigit():
+            port = int(service)
+            if 0 < port < 65536:
+                return port
+            raise ConfigError(f"{self.label}: service {service} is not a valid port number")
+        try:
+            return socket.getservbyname(service, "tcp")
+        except OSError as err:
+            raise ServerConnectionError(
+                f"connection to {self.host}:{service} failed: unknown service ({err})"
+            ) from err
+
+    def _tls_context(self) -> tls.ClientContext:
+        if self._context is None:
+            self._context = tls.client_context(self.user, self.host)
+        return self._context
+
+    def _timeout_error(self) -> ServerTimeoutError:
+        return ServerTimeoutError(
+            f"timeout after {self.timeout} seconds waiting for server {self.label}."
+        )
