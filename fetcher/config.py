@@ -26,7 +26,7 @@ from fetcher.errors import ConfigError, LocalError
 from fetcher.exitcodes import ExitCode
 from fetcher.model import Config, GlobalOptions, LocalName, ServerOptions, UserOptions
 
-__all__ = ["Config", "Environment", "Overrides", "build", "resolve_paths"]
+__all__ = ["Config", "Environment", "Overrides", "build", "resolve_paths", "service_port"]
 from fetcher.rcfile.parser import (
     KPOP_SERVICE,
     LIST_FIELDS,
@@ -362,7 +362,7 @@ def _check(servers: list[ServerOptions], dumping: bool, warnings: list[str]) -> 
     idle = False
     mailboxes = 0
     for server in servers:
-        port = _port_of(server.service) if server.service is not None else None
+        port = service_port(server.service) if server.service is not None else None
         if port is not None and not 0 < port <= 65535:
             raise ConfigError(
                 f"{server.pollname} configuration invalid, specify positive port number for "
@@ -400,10 +400,10 @@ def _is_smtp_port(host: str) -> bool:
     if host.startswith("/"):  # a socket path
         return False
     _, slash, port = host.rpartition("/")
-    return not slash or port in ("smtp", "25") or _port_of(port) == 25
+    return not slash or port in ("smtp", "25") or service_port(port) == 25
 
 
-def _port_of(service: str) -> int:
+def service_port(service: str) -> int:
     """The port a service name or number stands for; -1 if it names none."""
     if service.lstrip("-").isdigit():
         return int(service)

@@ -3,11 +3,10 @@ and the TLS mode and context (built only by fetcher.tls)."""
 
 from __future__ import annotations
 
-import socket
 from typing import ClassVar
 
 from fetcher import tls
-from fetcher.config import DEFAULT_TIMEOUT
+from fetcher.config import DEFAULT_TIMEOUT, service_port
 from fetcher.errors import ConfigError, ServerConnectionError, ServerTimeoutError
 from fetcher.model import ServerOptions, UserOptions
 
@@ -37,17 +36,14 @@ class Endpoint:
         if not service:
             implicit = self.tls_mode is tls.TlsMode.IMPLICIT
             return self.DEFAULT_SSL_PORT if implicit else self.DEFAULT_PORT
-        if service.isdigit():
-            port = int(service)
-            if 0 < port < 65536:
-                return port
+        port = service_port(service)  # the one lookup config validated with
+        if 0 < port < 65536:
+            return port
+        if service.lstrip("-").isdigit():
             raise ConfigError(f"{self.label}: service {service} is not a valid port number")
-        try:
-            return socket.getservbyname(service, "tcp")
-        except OSError as err:
-            raise ServerConnectionError(
-                f"connection to {self.host}:{service} failed: unknown service ({err})"
-            ) from err
+        raise ServerConnectionError(
+            f"connection to {self.host}:{service} failed: unknown service"
+        )
 
     def _tls_context(self) -> tls.ClientContext:
         if self._context is None:
