@@ -252,6 +252,8 @@ def build(
                     "pyfetch: warning: Do not ask for support if all mail goes to postmaster!"
                 )
     _check(built, dumping, warnings)
+    if not dumping:
+        _warn_refetching(built, global_options.poll_interval, warnings)
     return Config(global_options, built, rcfile=rcpath, warnings=warnings)
 
 
@@ -358,9 +360,12 @@ def local_hostname() -> str:
 
 
 def _check(servers: list[ServerOptions], dumping: bool, warnings: list[str]) -> None:
-    """The checks fetchmail makes after merging, which end the run with exit 5."""
-    idle = False
-    mailboxes = 0
+    """The checks fetchmail makes after merging, which end the run with exit 5.
+
+    fetchmail also refuses `idle` with more than one folder or account ("idle mode does not
+    work for multiple folders or accounts!"): its IDLE takes over the process. pyfetch watches
+    every idle folder on a connection of its own, so it accepts them.
+    """
     for server in servers:
         port = service_port(server.service) if server.service is not None else None
         if port is not None and not 0 < port <= 65535:
@@ -383,16 +388,20 @@ def _check(servers: list[ServerOptions], dumping: bool, warnings: list[str]) -> 
                     f"pyfetch: WARNING: {server.pollname} configuration invalid, you normally "
                     f"need --ssl for port {port}/service {service}."
                 )
-            if considered:
-                idle = idle or user.idle
-                mailboxes += max(1, len(user.mailboxes))
             if user.lmtp and any(_is_smtp_port(host) for host in user.smtphunt):
                 raise ConfigError(
                     f"{server.pollname} configuration invalid, LMTP can't use default SMTP port"
                 )
-    if idle and mailboxes > 1:
-        # one IDLE connection watches one folder of one account: fetchmail refuses more
-        raise ConfigError("Error: idle mode does not work for multiple folders or accounts!")
+
+
+def _warn_refetching(servers: list[ServerOptions], interval: int, warnings: list[str]) -> None:
+    """fetchmail's warning: `keep` with `fetchall` fetches every message again at each poll,
+    which a daemon or an IDLE watch repeats without end."""
+    for server in servers:
+        for user in server.users:
+            if server.selected and user.keep and user.fetchall and (interval or user.idle):
+                warnings.append("Both fetchall and keep on in daemon or idle mode is a mistake!")
+                return
 
 
 def _is_smtp_port(host: str) -> bool:

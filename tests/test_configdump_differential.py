@@ -4,7 +4,8 @@ Every file of tests/corpus/good must give the same dump from both programs, apar
 deviations listed in KNOWN_DEVIATIONS (each one a fetchmail bug pyfetch does not copy); every
 file of tests/corpus/bad must be refused by both with exit 5, with the same line and, where
 fetchmail names one, the same message and token. Files in tests/corpus/stricter are accepted
-by fetchmail but refused by pyfetch on purpose.
+by fetchmail but refused by pyfetch on purpose; files in tests/corpus/broader are refused by
+fetchmail but accepted by pyfetch on purpose (each says why).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ CORPUS = TESTS / "corpus"
 GOOD = sorted((CORPUS / "good").glob("*.rc"))
 BAD = sorted((CORPUS / "bad").glob("*.rc"))
 STRICTER = sorted((CORPUS / "stricter").glob("*.rc"))
+BROADER = sorted((CORPUS / "broader").glob("*.rc"))
 EXPECTED_ERRORS: dict[str, dict[str, Any]] = json.loads(
     (CORPUS / "expected_errors.json").read_text()
 )
@@ -190,6 +192,40 @@ def test_stricter_files_are_refused_by_pyfetch_only(rcfile: Path, tmp_path: Path
 
 
 @pytest.mark.usefixtures("need_fetchmail")
+@pytest.mark.parametrize("rcfile", BROADER, ids=lambda p: p.name)
+def test_broader_files_are_accepted_by_pyfetch_only(rcfile: Path, tmp_path: Path) -> None:
+    """IDLE on several folders and accounts: fetchmail's IDLE takes over the process, pyfetch
+    gives each idle folder its own connection."""
+    data = rcfile.read_bytes()
+    reference = fetchmail_configdump(data, tmp_path)
+    assert reference.exit_code == 5
+    refusal = next(
+        line.strip("# ").strip() for line in data.decode().splitlines()
+        if line.startswith("#   fetchmail: ")
+    )
+    assert significant_stderr(reference.stderr)[-1] == refusal
+    result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    users = [u for s in json.loads(result.stdout)["servers"] for u in s["users"]]
+    assert any(u["idle"] for u in users)
+
+
+@pytest.mark.usefixtures("need_fetchmail")
+def test_idle_with_another_folder_on_the_command_line_is_accepted(tmp_path: Path) -> None:
+    argv = ["--idle", "-r", "Archive"]
+    reference = fetchmail_configdump(_CLI_RC, tmp_path, args=argv)
+    assert reference.exit_code == 5  # fetchmail: one folder of one account at most
+    result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", *argv, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    users = [u for s in json.loads(result.stdout)["servers"] for u in s["users"]]
+    # -r adds to a user's own folders, as in fetchmail
+    assert [(u["idle"], u["mailboxes"]) for u in users] == [
+        (True, ["Mail", "Archive"]), (True, ["Archive"])
+    ]
+
+
+@pytest.mark.usefixtures("need_fetchmail")
 def test_sample_rcfile_dumps_like_fetchmail(tmp_path: Path) -> None:
     data = (ROOT / "sample.fetchmailrc").read_bytes()
     reference = fetchmail_configdump(data, tmp_path)
@@ -228,7 +264,6 @@ COMMAND_LINES = [
     ["alias.example.org"],
     ["--lmtp"],  # refused by both: the LMTP listener would be on the SMTP port
     ["--lmtp", "-S", "/var/run/lmtp"],  # refused by both: -S is added to `smtphost mta`
-    ["--idle", "-r", "Archive"],  # refused by both: IDLE watches one folder only
 ]
 _CLI_RC = (
     b"set daemon 300\n"
