@@ -2,13 +2,19 @@
 
 With several accounts: 0 if any of them retrieved mail, else the status of the last one, as in
 fetchmail. An error in one account is reported and the next account is still polled.
+
+Folders of `idle` IMAP accounts are not polled in turn: each gets a watch (fetcher.idle) that
+polls it at once and then whenever new mail arrives, until a signal ends the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from fetcher.drivers.auto import AutoDriver
 from fetcher.drivers.base import MailboxDriver
@@ -21,6 +27,7 @@ from fetcher.errors import (
     ServerConnectionError,
 )
 from fetcher.exitcodes import ExitCode
+from fetcher.idle import FolderWatch, Timing, WatchFactory, watch_all, watch_connection
 from fetcher.model import Config, ServerOptions, UserOptions
 from fetcher.report import Reporter
 from fetcher.session import AccountPoll, DriverFactory, SinkFactory
@@ -53,6 +60,9 @@ def default_driver(
     return Pop3Driver(server, user)
 
 
+Mailbox = tuple[ServerOptions, UserOptions, str | None]
+
+
 def poll_all(
     config: Config,
     reporter: Reporter,
@@ -60,34 +70,49 @@ def poll_all(
     check_only: bool = False,
     make_driver: DriverFactory | None = None,
     make_sink: SinkFactory | None = None,
+    make_watch: WatchFactory | None = None,
+    timing: Timing | None = None,
 ) -> ExitCode:
     store = None if check_only else UidStore(config.globals.idfile or "")
     if store is not None:
         store.load()
+    mailboxes = _mailboxes(config)
+    watched = [m for m in mailboxes if not check_only and _is_watched(m)]
     retrieved = False
     status = ExitCode.NOMAIL
+
+    def poll(mailbox: Mailbox) -> Coroutine[Any, Any, ExitCode]:
+        return _poll_mailbox(
+            config, mailbox, store, reporter, check_only,
+            make_driver or default_driver, make_sink or sink_for,
+        )
+
     try:
-        for server, user, folder in _mailboxes(config):
-            poll = AccountPoll(
-                server,
-                user,
-                config.globals,
-                store,
-                reporter,
-                make_driver or default_driver,
-                make_sink or sink_for,
-                check_only=check_only,
-                folder=folder,
-            )
-            try:
-                result = asyncio.run(poll.run())
-                status = result.status
-            except PyfetchError as err:
-                status = err.exit_code
-                reporter.error(_describe_failure(err, server, user))
-            if reporter.verbose and status not in (ExitCode.SUCCESS, ExitCode.NOMAIL):
-                reporter.info(f"Query status={int(status)} ({status.label})")
+        for mailbox in mailboxes:
+            if mailbox in watched:
+                continue
+            status = asyncio.run(poll(mailbox))
             retrieved = retrieved or status is ExitCode.SUCCESS
+        if watched:
+            async def watch() -> tuple[int | None, list[FolderWatch]]:
+                stop = asyncio.Event()
+                watches = [
+                    FolderWatch(
+                        server, user, folder, functools.partial(poll, (server, user, folder)),
+                        reporter, stop,
+                        make_connection=make_watch or watch_connection,
+                        timing=timing or Timing(),
+                    )
+                    for server, user, folder in watched
+                ]
+                return await watch_all(watches, stop), watches
+
+            signum, watches = asyncio.run(watch())
+            for one in watches:
+                status = one.outcome.status
+                retrieved = retrieved or one.outcome.retrieved
+            if signum is not None:
+                reporter.info(f"terminated with signal {signum}")
     finally:
         if store is not None:
             store.save()
@@ -97,9 +122,41 @@ def poll_all(
     return final
 
 
-def _mailboxes(config: Config) -> list[tuple[ServerOptions, UserOptions, str | None]]:
+def _is_watched(mailbox: Mailbox) -> bool:
+    """`idle` works with IMAP only (fetchmail: "effective only with IMAP"); a POP3 account
+    with it is polled like any other."""
+    server, user, _ = mailbox
+    return user.idle and server.protocol in ("IMAP", "auto")
+
+
+async def _poll_mailbox(
+    config: Config,
+    mailbox: Mailbox,
+    store: UidStore | None,
+    reporter: Reporter,
+    check_only: bool,
+    make_driver: DriverFactory,
+    make_sink: SinkFactory,
+) -> ExitCode:
+    """One poll of one folder; its failure is reported here and becomes its status."""
+    server, user, folder = mailbox
+    poll = AccountPoll(
+        server, user, config.globals, store, reporter, make_driver, make_sink,
+        check_only=check_only, folder=folder,
+    )
+    try:
+        status = (await poll.run()).status
+    except PyfetchError as err:
+        status = err.exit_code
+        reporter.error(_describe_failure(err, server, user))
+    if reporter.verbose and status not in (ExitCode.SUCCESS, ExitCode.NOMAIL):
+        reporter.info(f"Query status={int(status)} ({status.label})")
+    return status
+
+
+def _mailboxes(config: Config) -> list[Mailbox]:
     """Every folder of every selected account, polled in turn; POP3 has just the one."""
-    out: list[tuple[ServerOptions, UserOptions, str | None]] = []
+    out: list[Mailbox] = []
     for server, user in config.selected_accounts():
         imap = server.protocol in ("IMAP", "auto")
         folders: list[str | None] = list(user.mailboxes) if imap else []

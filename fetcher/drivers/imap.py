@@ -25,6 +25,8 @@ import contextlib
 import hashlib
 import hmac
 import imaplib
+import re
+import select
 import socket
 import ssl
 from collections.abc import Iterator
@@ -64,6 +66,7 @@ DEFAULT_FOLDER = "INBOX"
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
 _FORBIDDEN_IN_COMMANDS = ("\r", "\n", "\0")
+_LITERAL = re.compile(rb"\{(\d+)\}$")
 
 
 class _TracedIMAP4(imaplib.IMAP4):
@@ -315,6 +318,118 @@ class ImapDriver(Endpoint):
                 if thing is not None:
                     with contextlib.suppress(Exception):
                         thing.close()
+
+    # -- watching a folder (IDLE, RFC 2177) ----------------------------------------------
+    #
+    # A watch is a connection of its own that only listens; fetcher.idle decides what to do
+    # with what it hears (through fetcher.idleplan) and polls on another connection.
+
+    @property
+    def can_idle(self) -> bool:
+        return "IDLE" in self.capabilities
+
+    def start_watch(self) -> None:
+        """EXAMINE the folder (a watch changes nothing in it) and enter IDLE if offered."""
+        conn = self._require_connection()
+        with self._wire("EXAMINE"):
+            conn.select_folder(self.folder, readonly=True)
+        if self.can_idle:
+            self._start_idle()
+
+    def wait_for_news(self, timeout: float) -> list[bytes]:
+        """The lines the server sends during IDLE, or [] if it says nothing for `timeout`
+        seconds. Every line already received is returned, so that news never waits in a
+        buffer behind a line that is not news."""
+        conn = self._require_connection()
+        imap = conn._imap
+        with self._wire("IDLE"):
+            if not self._buffered(imap) and not self._readable(imap, timeout):
+                return []
+            lines = [self._read_response(imap)]
+            while self._buffered(imap):
+                lines.append(self._read_response(imap))
+        return lines
+
+    def renew_idle(self) -> list[bytes]:
+        """End IDLE (DONE) and enter it again; returns what the server said in between."""
+        lines = self._end_idle()
+        self._start_idle()
+        return lines
+
+    def ask_for_news(self) -> list[bytes]:
+        """NOOP, for servers without IDLE: the lines it brings, its tagged reply included."""
+        imap = self._require_connection()._imap
+        with self._wire("NOOP"):
+            tag = imap._command("NOOP")
+            return self._read_until_tagged(imap, tag, "NOOP")
+
+    def interrupt(self) -> None:
+        """Wake a wait_for_news() blocked in another thread: it then fails as a lost
+        connection. Never raises."""
+        sock = getattr(getattr(self._conn, "_imap", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _start_idle(self) -> None:
+        conn = self._require_connection()
+        with self._wire("IDLE"):
+            conn.idle()  # sends IDLE and reads the "+" continuation
+
+    def _end_idle(self) -> list[bytes]:
+        conn = self._require_connection()
+        imap = conn._imap
+        with self._wire("DONE"):
+            imap.send(b"DONE\r\n")
+            return self._read_until_tagged(imap, conn._idle_tag, "IDLE")
+
+    def _read_until_tagged(self, imap: Any, tag: bytes, what: str) -> list[bytes]:
+        lines: list[bytes] = []
+        while True:
+            line = self._read_response(imap)
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                imap.tagged_commands.pop(tag, None)
+                status = line[len(tag) + 1 :].split(b" ", 1)[0].upper()
+                if status != b"OK":
+                    text = line.decode("utf-8", "replace")
+                    raise ProtocolError(f"{self.label}: {what} failed: {text}")
+                return lines
+
+    @staticmethod
+    def _read_response(imap: Any) -> bytes:
+        """One response line; a literal in it ({n} then n octets) is read and left out."""
+        line: bytes = imap._get_line()
+        literal = _LITERAL.search(line)
+        while literal is not None:
+            imap.read(int(literal.group(1)))
+            rest: bytes = imap._get_line()
+            line += b" " + rest
+            literal = _LITERAL.search(rest)
+        return line
+
+    @staticmethod
+    def _buffered(imap: Any) -> bool:
+        """Whether a line (or part of one) was received but not read yet.
+
+        imaplib reads through a buffered file: data can wait there that select() cannot see.
+        Peeking with the socket non-blocking asks without waiting (and without the timeout
+        that would leave the file unusable)."""
+        sock = imap.sock
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            return bool(imap.file.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        finally:
+            sock.settimeout(timeout)
+
+    @staticmethod
+    def _readable(imap: Any, timeout: float) -> bool:
+        poller = select.poll()
+        poller.register(imap.sock.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
 
     # -- connection and TLS --------------------------------------------------------------
 

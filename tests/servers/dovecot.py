@@ -446,6 +446,17 @@ class Dovecot:
                     _remove(entry)
             self._make_home(name)
 
+    def kick(self, user: str) -> None:
+        """Drop every connection of `user` on the server side, as an administrator would (or a
+        server restart): Dovecot's `doveadm kick`, through its anvil."""
+        doveadm = require_binary("doveadm", "it comes with dovecot-core")
+        result = subprocess.run(
+            [doveadm, "-c", str(self.root / "dovecot.conf"), "kick", user],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"doveadm kick {user} failed: {result.stderr.strip()}")
+
     def change_uidvalidity(self, user: str, *, folder: str | None = None) -> None:
         """Make the next session see a new UIDVALIDITY while keeping the messages.
 

@@ -1,0 +1,276 @@
+"""IDLE on every idle folder of every account at once, in one process.
+
+Each watched folder gets a FolderWatch: a connection of its own that EXAMINEs the folder and
+waits in IDLE (NOOP every minute where IDLE is not offered), and a poller that runs the
+ordinary poll (fetcher.session, on another connection) whenever the watch hears of new mail.
+The watch never changes the folder, so a poll and its watch never get in each other's way, and
+news that arrives during a poll is heard and polled for right after it.
+
+Why not poll on the IDLE connection, as fetchmail does: a watch that only listens can stay in
+IDLE while a poll runs, so nothing that arrives meanwhile is missed, and a poll that fails
+(the listener is down, say) does not take the watch down with it.
+
+The blocking driver calls of a watch run in a thread of its own: a watch waits up to 28
+minutes in one call, and must not hold a thread that polls need. What to do with what the
+server says is decided by fetcher.idleplan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from fetcher.drivers.imap import ImapDriver
+from fetcher.errors import PyfetchError
+from fetcher.exitcodes import ExitCode
+from fetcher.idleplan import (
+    IDLE_RENEWAL,
+    NOOP_INTERVAL,
+    News,
+    Next,
+    classify,
+    gives_up,
+    react,
+    repoll_delay,
+    retry_delay,
+)
+from fetcher.model import ServerOptions, UserOptions
+from fetcher.report import Reporter
+
+T = TypeVar("T")
+
+
+class WatchConnection(Protocol):
+    """What a watch needs of an IMAP connection (ImapDriver has it; tests may pass another)."""
+
+    @property
+    def can_idle(self) -> bool: ...
+
+    def connect(self) -> None: ...
+
+    def login(self) -> None: ...
+
+    def start_watch(self) -> None: ...
+
+    def wait_for_news(self, timeout: float) -> list[bytes]: ...
+
+    def renew_idle(self) -> list[bytes]: ...
+
+    def ask_for_news(self) -> list[bytes]: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# (server, account, folder or None for INBOX) -> a connection for watching it
+WatchFactory = Callable[[ServerOptions, UserOptions, str | None], WatchConnection]
+# polls one folder once and returns its status; reports its own errors
+FolderPoll = Callable[[], Awaitable[ExitCode]]
+
+
+def watch_connection(
+    server: ServerOptions, user: UserOptions, folder: str | None
+) -> WatchConnection:
+    """The default WatchFactory."""
+    return ImapDriver(server, user, folder=folder, read_only=True)
+
+
+@dataclass
+class Timing:
+    """How long a watch waits; tests shorten them."""
+
+    renewal: float = IDLE_RENEWAL
+    noop_interval: float = NOOP_INTERVAL
+    retry: Callable[[int], float] = retry_delay
+
+
+@dataclass
+class WatchOutcome:
+    status: ExitCode = ExitCode.NOMAIL  # of the last poll, or of the failure that ended it
+    retrieved: bool = False  # some poll brought mail
+
+
+@dataclass
+class FolderWatch:
+    server: ServerOptions
+    user: UserOptions
+    folder: str | None
+    poll: FolderPoll
+    reporter: Reporter
+    stop: asyncio.Event
+    make_connection: WatchFactory = watch_connection
+    timing: Timing = field(default_factory=Timing)
+    outcome: WatchOutcome = field(default_factory=WatchOutcome)
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.folder or 'INBOX'} of {self.user.remote}@{self.server.pollname}"
+        self.news = asyncio.Event()  # set: poll the folder
+        self._connection: WatchConnection | None = None
+        self._failures = 0
+        self._finished = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch")
+
+    async def run(self) -> WatchOutcome:
+        poller = asyncio.create_task(self._poll_on_news())
+        try:
+            await self._watch()
+        finally:
+            # The poller finishes the poll under way (never one cut in half) and stops.
+            self._finished = True
+            self.news.set()
+            await poller
+            self._executor.shutdown(wait=False)
+        return self.outcome
+
+    def interrupt(self) -> None:
+        """Called when `stop` is set: wake the watch's thread out of its wait."""
+        connection = self._connection
+        if connection is not None:
+            connection.interrupt()
+
+    # -- the watch -------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        ever_watched = False
+        while not self.stop.is_set():
+            connection = self.make_connection(self.server, self.user, self.folder)
+            self._connection = connection
+            try:
+                await self._call(connection.connect)
+                await self._call(connection.login)
+                await self._call(connection.start_watch)
+                if not ever_watched and self.reporter.verbose:
+                    how = "IDLE" if connection.can_idle else "NOOP polling"
+                    self.reporter.info(f"watching {self.name} ({how})")
+                ever_watched = True
+                self.news.set()  # catch up on what came while nobody watched
+                farewell = await self._listen(connection)
+                if self.stop.is_set():
+                    return
+                self._failures += 1
+                self.reporter.error(
+                    f"{self.server.pollname} closed the connection: {farewell} "
+                    f"(watching {self.name})"
+                )
+            except PyfetchError as err:
+                if self.stop.is_set():
+                    return
+                self._failures += 1
+                self.outcome.status = err.exit_code
+                self.reporter.error(f"{err.message} (watching {self.name})")
+                if gives_up(err.exit_code, ever_watched=ever_watched):
+                    self.reporter.error(f"no longer watching {self.name}")
+                    return
+            finally:
+                self._connection = None
+                await self._call(connection.close)
+            delay = self.timing.retry(self._failures)
+            if self.reporter.verbose:
+                self.reporter.info(f"watching {self.name} again in {delay:g} seconds")
+            await _wait_for(self.stop, delay)
+
+    async def _listen(self, connection: WatchConnection) -> str:
+        """Wait for news on an established watch until the connection must be made anew;
+        returns the server's farewell (its BYE line)."""
+        idling = connection.can_idle
+        renew_at = time.monotonic() + self.timing.renewal
+        while True:
+            if self.stop.is_set():
+                return ""
+            if idling:
+                wait = max(0.0, renew_at - time.monotonic())
+                lines = await self._call(connection.wait_for_news, wait)
+            else:
+                if await _wait_for(self.stop, self.timing.noop_interval):
+                    return ""
+                lines = await self._call(connection.ask_for_news)
+            poll, then = react(lines, idling=idling)
+            if poll:
+                self.news.set()
+            if then is Next.RECONNECT:
+                return next((_text(line) for line in lines if classify(line) is News.GONE), "")
+            self._failures = 0  # the connection works: the next failure starts the delays anew
+            if then is Next.RENEW:
+                more = await self._call(connection.renew_idle)
+                if react(more, idling=True)[0]:
+                    self.news.set()
+                renew_at = time.monotonic() + self.timing.renewal
+
+    async def _call(self, func: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, func, *args)
+
+    # -- the poller --------------------------------------------------------------------------
+
+    async def _poll_on_news(self) -> None:
+        failures = 0
+        again: float | None = None
+        while True:
+            await _wait_for(self.news, again)
+            if self.stop.is_set() or self._finished:
+                return
+            self.news.clear()
+            status = await self.poll()
+            self.outcome.status = status
+            self.outcome.retrieved = self.outcome.retrieved or status is ExitCode.SUCCESS
+            failures = 0 if status in (ExitCode.SUCCESS, ExitCode.NOMAIL) else failures + 1
+            again = repoll_delay(status, failures, self.timing.retry)
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace").removeprefix("* ")
+
+
+async def _wait_for(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until `event` is set or `timeout` seconds passed (None: no limit); True if set."""
+    if timeout is None:
+        await event.wait()
+        return True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    return event.is_set()
+
+
+async def watch_all(watches: list[FolderWatch], stop: asyncio.Event) -> int | None:
+    """Run the watches until `stop` is set, a signal arrives or every watch has given up.
+
+    SIGTERM, SIGINT and SIGHUP stop them (polls under way finish first); SIGUSR1 polls every
+    watched folder at once, as it wakes a fetchmail daemon. Returns the signal's number, if one
+    ended the run.
+    """
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def stop_all(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
+    def wake_all() -> None:
+        for watch in watches:
+            watch.news.set()
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for signum in handled:
+        loop.add_signal_handler(signum, stop_all, signum)
+    loop.add_signal_handler(signal.SIGUSR1, wake_all)
+
+    async def interrupt_on_stop() -> None:
+        await stop.wait()
+        for watch in watches:
+            watch.interrupt()
+
+    interrupter = asyncio.create_task(interrupt_on_stop())
+    try:
+        await asyncio.gather(*(watch.run() for watch in watches))
+    finally:
+        interrupter.cancel()
+        for signum in (*handled, signal.SIGUSR1):
+            loop.remove_signal_handler(signum)
+    return received[0] if received else None

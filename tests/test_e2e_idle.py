@@ -1,0 +1,172 @@
+"""`idle` as a user runs it: pyfetch waits in IDLE on a real Dovecot and delivers what arrives.
+
+The pyfetch process runs in the background (no daemon interval: IDLE alone keeps it running)
+while the test puts mail into the folders; each message must reach the SMTP listener without
+any further poll being asked for. How fast it arrives is measured by bench/idle_latency.py;
+here a generous deadline only stops a broken watch from hanging the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from servers.certs import TestCA
+from servers.dovecot import Dovecot
+from servers.smtp import SMTPServer
+
+DEADLINE = 20.0  # seconds; a working watch needs well under one
+
+
+def message(n: int, to: str = "bob") -> bytes:
+    return (
+        f"From: alice@example.org\r\nTo: {to}@example.org\r\nSubject: idle {n}\r\n"
+        f"Message-ID: <idle-{n}@example.org>\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+class Running:
+    """A pyfetch process in the background, its stdout and stderr going to files."""
+
+    def __init__(self, home: Path, *args: str) -> None:
+        self.out = home / "stdout.txt"
+        self.err = home / "stderr.txt"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "LC_ALL": "C",
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fetcher", *args],
+                env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            )
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
+
+    def wait_for(self, what: str, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while not condition():
+            if self.proc.poll() is not None:
+                pytest.fail(f"pyfetch exited ({self.proc.returncode}) waiting for {what}:\n"
+                            + self.output())
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} after {DEADLINE} s:\n{self.output()}")
+            time.sleep(0.02)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"pyfetch did not stop on signal {signum}:\n{self.output()}")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def start(home: Path) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def run(*args: str) -> Running:
+        started.append(Running(home, *args))
+        return started[-1]
+
+    yield run
+    for one in started:  # the Dovecot fixture resets mailboxes only with no client connected
+        one.stop(signal.SIGKILL)
+
+
+def write_rcfile(home: Path, text: str) -> None:
+    path = home / ".fetchmailrc"
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def entry(dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, *users: str) -> str:
+    """A poll entry for Dovecot's IMAP port with `users` (each `user NAME ... OPTIONS`)."""
+    host, port = smtpd.address
+    common = f"sslcertfile {test_ca.ca_cert} sslcommonname localhost smtphost {host}/{port}"
+    lines = "".join(f"  {user} {common}\n" for user in users)
+    return f"poll mail.isp.net via 127.0.0.1 service {dovecot.ports['imap']} proto imap\n{lines}"
+
+
+def subjects(smtpd: SMTPServer) -> list[str]:
+    found = []
+    for txn in smtpd.transactions:
+        for line in txn.data.split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                found.append(line.removeprefix(b"Subject: ").decode())
+    return found
+
+
+def test_three_folders_on_two_accounts_are_watched_at_once(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    dovecot.add_user("carol", "secret2")
+    # what is there before the watch starts is fetched by its first poll
+    dovecot.seed("bob", [message(0)])
+    dovecot.seed("bob", [message(1)], folder="Lists")
+    dovecot.seed("carol", [message(2, "carol")])
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle folder INBOX Lists",
+        "user carol there is bob here password secret2 idle"))
+    run = start("-v")
+    run.wait_for("3 watches", lambda: run.output().count("pyfetch: watching ") == 3)
+    run.wait_for("the first polls", lambda: len(smtpd.transactions) == 3)
+    assert sorted(subjects(smtpd)) == ["idle 0", "idle 1", "idle 2"]
+
+    # now one message at a time, each to another watched folder; nobody asks for a poll
+    for n, (user, folder) in enumerate(
+        [("bob", "Lists"), ("carol", None), ("bob", None), ("bob", "Lists")], start=3
+    ):
+        dovecot.seed(user, [message(n, user)], folder=folder)
+        run.wait_for(f"message {n} in {folder} of {user}",
+                     lambda n=n: f"idle {n}" in subjects(smtpd))
+        run.wait_for(f"message {n} expunged",
+                     lambda u=user, f=folder: dovecot.messages(u, folder=f) == [])
+    assert sorted(subjects(smtpd)) == [f"idle {n}" for n in range(7)]  # each exactly once
+
+    assert run.stop() == 0  # mail was retrieved
+    out = run.output()
+    assert "pyfetch: terminated with signal 15" in out
+    assert "IMAP> " in out and " IDLE" in out
+    assert "hidden" not in out and "secret2" not in out
+
+
+def test_watch_killed_on_the_server_reconnects_and_catches_up(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle"))
+    run = start("-v")
+    run.wait_for("the watch", lambda: "pyfetch: watching INBOX" in run.output())
+    run.wait_for("IDLE", lambda: "IMAP< + idling" in run.output())
+    dovecot.kick("bob")
+    dovecot.seed("bob", [message(1)])  # arrives while nobody watches
+    run.wait_for("the message", lambda: subjects(smtpd) == ["idle 1"])
+    assert "mail.isp.net closed the connection: BYE " in run.output()  # said, not hidden
+    dovecot.seed("bob", [message(2)])  # and the new watch hears of the next one
+    run.wait_for("the next message", lambda: subjects(smtpd) == ["idle 1", "idle 2"])
+    assert dovecot.messages("bob") == []
+    assert run.stop(signal.SIGINT) == 0
