@@ -89,7 +89,7 @@ def _run(cmd: CommandLine) -> ExitCode:
             _report(problem)
         return ExitCode.SYNTAX
     resolve_passwords(config, env.netrc_path)
-    if config.globals.poll_interval > 0 and not any(user.idle for _, user in accounts):
+    if config.globals.poll_interval > 0 and not all(user.idle for _, user in accounts):
         # Said, never silently ignored: the daemon loop comes with its own issue.
         _report(
             "daemon mode (-d/set daemon) is not available in this release; polling once"

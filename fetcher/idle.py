@@ -41,7 +41,7 @@ from fetcher.idleplan import (
     retry_delay,
 )
 from fetcher.model import ServerOptions, UserOptions
-from fetcher.report import Reporter
+from fetcher.report import Reporter, describe_failure
 
 T = TypeVar("T")
 
@@ -157,14 +157,15 @@ class FolderWatch:
                 self._failures += 1
                 self.reporter.error(
                     f"{self.server.pollname} closed the connection: {farewell} "
-                    f"(watching {self.name})"
+                    f"(while watching {self.name})"
                 )
             except PyfetchError as err:
                 if self.stop.is_set():
                     return
                 self._failures += 1
                 self.outcome.status = err.exit_code
-                self.reporter.error(f"{err.message} (watching {self.name})")
+                why = describe_failure(err, self.server, self.user)
+                self.reporter.error(f"{why} (while watching {self.name})")
                 if gives_up(err.exit_code, ever_watched=ever_watched):
                     self.reporter.error(f"no longer watching {self.name}")
                     return

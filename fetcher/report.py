@@ -11,6 +11,13 @@ import time
 from typing import TextIO
 
 from fetcher import __version__
+from fetcher.errors import (
+    AuthenticationError,
+    ListenerUnavailableError,
+    PyfetchError,
+    ServerConnectionError,
+)
+from fetcher.model import ServerOptions, UserOptions
 
 
 def _plural(count: int, word: str) -> str:
@@ -82,3 +89,18 @@ class Reporter:
             f"fetchlimit {limit} reached; {_plural(left, 'message')} left on server {server} "
             f"account {user}"
         )
+
+
+def describe_failure(err: PyfetchError, server: ServerOptions, user: UserOptions) -> str:
+    """An account's failure as fetchmail words it."""
+    account = f"{user.remote}@{server.pollname}"
+    if isinstance(err, AuthenticationError):
+        return f"Authorization failure on {account} ({err.message})"
+    if isinstance(err, ListenerUnavailableError):
+        return (
+            f"{err.message}\npyfetch: SMTP transaction error while fetching from {account} "
+            f"and delivering to SMTP host {', '.join(user.smtphunt)}"
+        )
+    if isinstance(err, ServerConnectionError):
+        return f"{err.message}\npyfetch: Socket or TLS error on {account}"
+    return f"{err.message} ({account})"

@@ -20,16 +20,11 @@ from fetcher.drivers.auto import AutoDriver
 from fetcher.drivers.base import MailboxDriver
 from fetcher.drivers.imap import ImapDriver
 from fetcher.drivers.pop3 import Pop3Driver
-from fetcher.errors import (
-    AuthenticationError,
-    ListenerUnavailableError,
-    PyfetchError,
-    ServerConnectionError,
-)
+from fetcher.errors import PyfetchError
 from fetcher.exitcodes import ExitCode
 from fetcher.idle import FolderWatch, Timing, WatchFactory, watch_all, watch_connection
 from fetcher.model import Config, ServerOptions, UserOptions
-from fetcher.report import Reporter
+from fetcher.report import Reporter, describe_failure
 from fetcher.session import AccountPoll, DriverFactory, SinkFactory
 from fetcher.sinks.factory import sink_for
 from fetcher.trace import TRACE_LOGGER
@@ -148,7 +143,7 @@ async def _poll_mailbox(
         status = (await poll.run()).status
     except PyfetchError as err:
         status = err.exit_code
-        reporter.error(_describe_failure(err, server, user))
+        reporter.error(describe_failure(err, server, user))
     if reporter.verbose and status not in (ExitCode.SUCCESS, ExitCode.NOMAIL):
         reporter.info(f"Query status={int(status)} ({status.label})")
     return status
@@ -162,17 +157,3 @@ def _mailboxes(config: Config) -> list[Mailbox]:
         folders: list[str | None] = list(user.mailboxes) if imap else []
         out.extend((server, user, folder) for folder in folders or [None])
     return out
-
-
-def _describe_failure(err: PyfetchError, server: ServerOptions, user: UserOptions) -> str:
-    account = f"{user.remote}@{server.pollname}"
-    if isinstance(err, AuthenticationError):
-        return f"Authorization failure on {account} ({err.message})"
-    if isinstance(err, ListenerUnavailableError):
-        return (
-            f"{err.message}\npyfetch: SMTP transaction error while fetching from {account} "
-            f"and delivering to SMTP host {', '.join(user.smtphunt)}"
-        )
-    if isinstance(err, ServerConnectionError):
-        return f"{err.message}\npyfetch: Socket or TLS error on {account}"
-    return f"{err.message} ({account})"

@@ -170,3 +170,64 @@ def test_watch_killed_on_the_server_reconnects_and_catches_up(
     run.wait_for("the next message", lambda: subjects(smtpd) == ["idle 1", "idle 2"])
     assert dovecot.messages("bob") == []
     assert run.stop(signal.SIGINT) == 0
+
+
+def test_sigusr1_polls_every_watched_folder_now(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle folder INBOX Lists"))
+    dovecot.seed("bob", [message(1)], folder="Lists")  # the folder must exist to be watched
+    run = start()
+    run.wait_for("the first polls", lambda: subjects(smtpd) == ["idle 1"])
+    run.wait_for("INBOX polled", lambda: run.output().count("No mail for bob") == 1)
+    run.proc.send_signal(signal.SIGUSR1)
+    run.wait_for("a poll of each folder", lambda: run.output().count("No mail for bob") == 3)
+    assert run.stop() == 0
+
+
+def test_check_only_polls_once_and_does_not_watch(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    dovecot.seed("bob", [message(1)])
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle"))
+    run = start("-c")
+    assert run.proc.wait(timeout=DEADLINE) == 0, run.output()
+    assert "1 message for bob at mail.isp.net" in run.output()
+    assert smtpd.transactions == []
+
+
+def test_wrong_password_ends_the_run_with_exit_3(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    dovecot.seed("bob", [message(1)])
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password wrong idle"))
+    run = start()
+    assert run.proc.wait(timeout=DEADLINE) == 3, run.output()
+    assert "Authorization failure on bob@mail.isp.net" in run.output()
+    assert dovecot.messages("bob") == [message(1)]
+
+
+def test_pop3_account_with_idle_is_polled_once_beside_the_watch(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    dovecot.add_user("carol", "secret2")
+    dovecot.seed("carol", [message(1, "carol")])
+    host, port = smtpd.address
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle")
+        + f"poll pop.isp.net via 127.0.0.1 service {dovecot.ports['pop3']} proto pop3\n"
+        f"  user carol there is bob here password secret2 idle sslcertfile {test_ca.ca_cert}"
+        f" sslcommonname localhost smtphost {host}/{port}\n")
+    run = start()
+    run.wait_for("the POP3 poll", lambda: subjects(smtpd) == ["idle 1"])
+    dovecot.seed("bob", [message(2)])
+    run.wait_for("the IMAP message", lambda: subjects(smtpd) == ["idle 1", "idle 2"])
+    assert run.stop() == 0
+    assert dovecot.messages("carol") == [] and dovecot.messages("bob") == []

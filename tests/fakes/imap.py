@@ -16,6 +16,9 @@ test can assert what stayed (`mailbox`, `flags`, `expunged`). Faults for it: `dr
 sends half of that message's text and closes the connection; `store_reply` answers every UID
 STORE with that tagged reply (e.g. "NO [CANNOT] refused") and changes nothing; `bye_on` answers
 that command (the word after any UID, e.g. "STORE") with an untagged BYE and closes.
+
+With `concurrent`, each connection is served in a thread of its own (a watch and a poll at
+once); `deliver()` adds a message, which NOOP then announces with `* n EXISTS`.
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ class FakeImapServer:
         drop_in_fetch_of_uid: int | None = None,
         store_reply: str | None = None,
         bye_on: str | None = None,
+        concurrent: bool = False,
     ) -> None:
+        self.concurrent = concurrent
+        self._lock = threading.Lock()
         self.has_mailbox = messages is not None
         self.mailbox: dict[int, bytes] = dict(enumerate(messages or [], start=1))
         self.flags: dict[int, set[str]] = {uid: set() for uid in self.mailbox}
@@ -101,8 +107,21 @@ class FakeImapServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            with conn, contextlib.suppress(OSError):
-                self._session(conn)
+            if self.concurrent:
+                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+            else:
+                self._serve_one(conn)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self._session(conn)
+
+    def deliver(self, data: bytes) -> None:
+        """New mail: the next UID, unseen."""
+        with self._lock:
+            uid = max([*self.mailbox, *self.expunged, 0]) + 1
+            self.mailbox[uid] = data
+            self.flags[uid] = set()
 
     def _session(self, conn: socket.socket) -> None:
         conn.settimeout(5)
@@ -117,6 +136,7 @@ class FakeImapServer:
 
     def _dialogue(self, conn: socket.socket, rfile: BinaryIO) -> None:
         conn.sendall(self.greeting.encode() + b"\r\n")
+        announced = 0  # messages this connection was told of
         while True:
             raw = rfile.readline()
             if not raw:
@@ -136,11 +156,19 @@ class FakeImapServer:
                 conn.sendall(b"* BYE going away\r\n")
                 return
             if self.has_mailbox and command in _MAILBOX_COMMANDS:
-                mailbox_reply = self._mailbox(conn, tag, command, rest)
+                with self._lock:
+                    mailbox_reply = self._mailbox(conn, tag, command, rest)
+                    announced = len(self.mailbox)
                 if mailbox_reply is None:
                     return  # dropped
                 conn.sendall(mailbox_reply.encode())
                 continue
+            if verb == "NOOP" and self.has_mailbox:
+                with self._lock:
+                    news = len(self.mailbox) > announced
+                    announced = len(self.mailbox)
+                if news:
+                    conn.sendall(f"* {announced} EXISTS\r\n* 1 RECENT\r\n".encode())
             if verb == "CAPABILITY":
                 reply = f"* CAPABILITY {self.capabilities}\r\n{tag} OK done\r\n"
             elif verb == "STARTTLS":
