@@ -7,6 +7,7 @@ terminal to ask on, the run ends with exit 3 and `can't find a password for user
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import subprocess
 import sys
@@ -127,6 +128,18 @@ def password_from_command(command: str, server: ServerOptions, user: UserOptions
     return password
 
 
+def for_login(server: ServerOptions, user: UserOptions) -> UserOptions:
+    """The account as the next login needs it. With `passwordeval`, the command runs again
+    for every login, because OAuth2 tokens expire within the hour and a watch or a long run
+    logs in for days; the fresh password goes into a copy, so that a driver already
+    connected keeps the one it redacts from its trace."""
+    if user.passwordeval is None:
+        return user
+    return dataclasses.replace(
+        user, password=password_from_command(user.passwordeval, server, user)
+    )
+
+
 def resolve_passwords(
     config: Config,
     netrc_path: str,
@@ -139,6 +152,7 @@ def resolve_passwords(
     ask = prompt or getpass.getpass
     for server, user in config.selected_accounts():
         if user.passwordeval is not None:
+            # run once now as well, so that a broken command ends the run before any poll
             user.password = password_from_command(user.passwordeval, server, user)
             continue
         if user.password is not None or not needs_password(server):

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from fetcher.credentials import for_login
 from fetcher.drivers.imap import ImapDriver
 from fetcher.errors import PyfetchError
 from fetcher.exitcodes import ExitCode
@@ -140,9 +141,11 @@ class FolderWatch:
     async def _watch(self) -> None:
         ever_watched = False
         while not self.stop.is_set():
-            connection = self.make_connection(self.server, self.user, self.folder)
-            self._connection = connection
+            connection: WatchConnection | None = None
             try:
+                login = await self._call(for_login, self.server, self.user)  # may run a command
+                connection = self.make_connection(self.server, login, self.folder)
+                self._connection = connection
                 await self._call(connection.connect)
                 await self._call(connection.login)
                 await self._call(connection.start_watch)
@@ -160,22 +163,27 @@ class FolderWatch:
                     f"(while watching {self.name})"
                 )
             except PyfetchError as err:
-                if self.stop.is_set():
-                    return
-                self._failures += 1
-                self.outcome.status = err.exit_code
-                why = describe_failure(err, self.server, self.user)
-                self.reporter.error(f"{why} (while watching {self.name})")
-                if gives_up(err.exit_code, ever_watched=ever_watched):
-                    self.reporter.error(f"no longer watching {self.name}")
+                if self.stop.is_set() or self._failed(err, ever_watched):
                     return
             finally:
                 self._connection = None
-                await self._call(connection.close)
+                if connection is not None:
+                    await self._call(connection.close)
             delay = self.timing.retry(self._failures)
             if self.reporter.verbose:
                 self.reporter.info(f"watching {self.name} again in {delay:g} seconds")
             await _wait_for(self.stop, delay)
+
+    def _failed(self, err: PyfetchError, ever_watched: bool) -> bool:
+        """Report a failure; True if it ends the watch."""
+        self._failures += 1
+        self.outcome.status = err.exit_code
+        why = describe_failure(err, self.server, self.user)
+        self.reporter.error(f"{why} (while watching {self.name})")
+        if gives_up(err.exit_code, ever_watched=ever_watched):
+            self.reporter.error(f"no longer watching {self.name}")
+            return True
+        return False
 
     async def _listen(self, connection: WatchConnection) -> str:
         """Wait for news on an established watch until the connection must be made anew;

@@ -17,6 +17,7 @@ from typing import BinaryIO
 from fetcher import message as msg
 from fetcher.bounce import bounce_recipient, build_bounce
 from fetcher.config import local_hostname
+from fetcher.credentials import for_login
 from fetcher.drivers.base import MailboxDriver, MessageInfo
 from fetcher.errors import HookError, ProtocolError, PyfetchError
 from fetcher.exitcodes import ExitCode
@@ -127,7 +128,8 @@ class AccountPoll:
                 return total
 
     async def _session(self, fetched: int) -> tuple[PollResult, bool]:
-        driver = self.make_driver(self.server, self.user, self.folder, self.check_only)
+        login = await asyncio.to_thread(for_login, self.server, self.user)  # may run a command
+        driver = self.make_driver(self.server, login, self.folder, self.check_only)
         committed = False
         try:
             await asyncio.to_thread(driver.connect)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fetcher.config import Environment, build
-from fetcher.credentials import parse_netrc, resolve_passwords
+from fetcher.credentials import for_login, parse_netrc, resolve_passwords
 from fetcher.errors import CredentialsError
 from fetcher.exitcodes import ExitCode
 from fetcher.model import Config
@@ -92,6 +92,23 @@ def test_passwordeval_output_is_the_password(tmp_path: Path) -> None:
     cfg = config("poll mail.isp.net user bob passwordeval \"printf 's3cret\\\\n'\"")
     resolve_passwords(cfg, str(tmp_path / "none"), interactive=False)
     assert passwords(cfg) == ["s3cret"]
+
+
+def test_passwordeval_runs_again_for_each_login(tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    command = f"echo x >> {counter}; wc -l < {counter}"
+    cfg = config(f'poll mail.isp.net user bob passwordeval "{command}"')
+    resolve_passwords(cfg, str(tmp_path / "none"), interactive=False)
+    server, user = cfg.selected_accounts()[0]
+    logins = [for_login(server, user).password for _ in range(2)]
+    assert [user.password, *logins] == ["1", "2", "3"]  # a fresh token every time
+    assert user.password == "1"  # the copy changes, not the account a driver may be using
+
+
+def test_account_without_passwordeval_is_used_as_it_is(tmp_path: Path) -> None:
+    cfg = config("poll mail.isp.net user bob password secret")
+    server, user = cfg.selected_accounts()[0]
+    assert for_login(server, user) is user
 
 
 @pytest.mark.parametrize(

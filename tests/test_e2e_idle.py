@@ -231,3 +231,27 @@ def test_pop3_account_with_idle_is_polled_once_beside_the_watch(
     run.wait_for("the IMAP message", lambda: subjects(smtpd) == ["idle 1", "idle 2"])
     assert run.stop() == 0
     assert dovecot.messages("carol") == [] and dovecot.messages("bob") == []
+
+
+def test_passwordeval_runs_again_for_every_login(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    """An OAuth2 token expires within the hour: a watch that logs in again must not reuse the
+    one it started with."""
+    token = home / "token"
+    token.write_text("first-token\n")
+    dovecot.add_user("carol", "first-token")
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        f'user carol there is bob here passwordeval "cat {token}" idle'))
+    run = start("-v")
+    run.wait_for("IDLE", lambda: "IMAP< + idling" in run.output())
+    dovecot.add_user("carol", "second-token")  # the old token no longer works
+    token.write_text("second-token\n")
+    dovecot.kick("carol")
+    dovecot.seed("carol", [message(1, "carol")])
+    run.wait_for("the message", lambda: subjects(smtpd) == ["idle 1"])
+    assert run.stop() == 0
+    out = run.output()
+    assert "Authorization failure" not in out
+    assert "first-token" not in out and "second-token" not in out
