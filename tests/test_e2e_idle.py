@@ -255,3 +255,21 @@ def test_passwordeval_runs_again_for_every_login(
     out = run.output()
     assert "Authorization failure" not in out
     assert "first-token" not in out and "second-token" not in out
+
+
+def test_watch_whose_server_process_dies_without_a_word_reconnects(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    """No BYE, just the end of the stream: the watch must notice, not wait for 28 minutes."""
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle"))
+    run = start("-v")
+    run.wait_for("IDLE", lambda: "IMAP< + idling" in run.output())
+    run.wait_for("the first poll", lambda: "No mail for bob" in run.output())
+    run.wait_for("the poll's session to end", lambda: len(dovecot.imap_processes()) == 1)
+    assert dovecot.kill_imap_processes() == 1  # the watch's
+    dovecot.seed("bob", [message(1)])
+    run.wait_for("the message", lambda: subjects(smtpd) == ["idle 1"])
+    assert "lost during IDLE" in run.output()
+    assert run.stop() == 0

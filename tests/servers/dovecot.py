@@ -25,9 +25,11 @@ session and calls reset() before each test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -456,6 +458,25 @@ class Dovecot:
         )
         if result.returncode != 0:
             raise RuntimeError(f"doveadm kick {user} failed: {result.stderr.strip()}")
+
+    def imap_processes(self) -> list[int]:
+        """The process ids of this instance's IMAP sessions (one per logged-in connection)."""
+        if self._proc is None:
+            return []
+        found = subprocess.run(
+            ["pgrep", "-P", str(self._proc.pid), "-x", "imap"],
+            capture_output=True, text=True, check=False,
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
+    def kill_imap_processes(self) -> int:
+        """SIGKILL every IMAP session process of this instance: the connections end with no
+        BYE, as when a server crashes. Returns how many there were."""
+        pids = self.imap_processes()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
 
     def change_uidvalidity(self, user: str, *, folder: str | None = None) -> None:
         """Make the next session see a new UIDVALIDITY while keeping the messages.
