@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""IMAP IDLE delivery latency, pyfetch beside fetchmail on the same private servers; prints the ratio.
+"""IMAP IDLE delivery latency, pyfetch beside fetchmail on the same private servers, and the ratio.
 
 Each program runs in the background on one account with `idle` (STARTTLS, trusting only the test
 CA, as both programs do by default with `sslcertfile` and `sslcommonname localhost`) against a
@@ -22,11 +22,14 @@ What was found out about fetchmail 6.4.37 here:
   pyfetch only, and shows fetchmail's refusal beside fetchmail's one-folder figures.
 * Dovecot, not the client, sets the floor: it learns of new Maildir files through inotify but
   waits NOTIFY_DELAY_MSECS = 500 ms (lib-storage/mailbox-watch.c) before sending `* N EXISTS`
-  to an idling client, so both programs measure about 0.55 s. A message that lands between two
-  IDLE commands is announced by the next one at once (~40 ms), which is why there is a pause
-  between messages: every message is measured against a client already idling.
+  to an idling client, so both programs measure 0.5-0.55 s. That timer starts at the first
+  change Dovecot sees, whatever it is: pyfetch expunges on a second connection, so that expunge
+  starts the timer of its IDLE connection, and a message put in less than 0.5 s later is
+  announced early (with a 0.2 s pause pyfetch measured ~310 ms, fetchmail ~550 ms). A message
+  that lands while fetchmail is between two IDLE commands is announced by the next at once
+  (~40 ms). Hence --pause defaults to 1 s: every message meets a client idling undisturbed.
 
-    .venv/bin/python bench/idle_latency.py [--messages 20] [--folders 1]
+    .venv/bin/python bench/idle_latency.py [--messages 20] [--folders 1] [--pause 1.0]
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ from servers.smtp import SMTPServer  # noqa: E402
 
 PASSWORD = "hidden"  # Dovecot's default password for bob
 TIMEOUT = 30.0  # seconds for any one message (or the first poll)
-PAUSE = 0.2  # seconds between messages, so the client is back in IDLE
 
 
 def message(index: int) -> bytes:
@@ -132,7 +134,7 @@ def write_rcfile(home: Path, dovecot: Dovecot, ca: TestCA, smtpd: SMTPServer,
 
 
 def measure(command: list[str], home: Path, dovecot: Dovecot, ca: TestCA, smtpd: SMTPServer,
-            arrivals: list[float], folders: list[str], count: int) -> list[float]:
+            arrivals: list[float], folders: list[str], count: int, pause: float) -> list[float]:
     """Latencies in seconds of `count` messages seeded round-robin into `folders`."""
     home.mkdir(exist_ok=True)
     dovecot.reset("bob")
@@ -145,7 +147,7 @@ def measure(command: list[str], home: Path, dovecot: Dovecot, ca: TestCA, smtpd:
         return lambda: len(arrivals) >= total
 
     def empty() -> bool:
-        return not any(dovecot.messages("bob", folder=box) for box in boxes)
+        return not any(dovecot.message_files("bob", folder=box) for box in boxes)
 
     start = len(arrivals)
     program = Program(command, home)
@@ -160,7 +162,7 @@ def measure(command: list[str], home: Path, dovecot: Dovecot, ca: TestCA, smtpd:
         program.wait_until(f"delivery of message {n}", delivered(before + 1))
         latencies.append(arrivals[before] - t0)
         program.wait_until(f"expunge of message {n}", empty)
-        time.sleep(PAUSE)
+        time.sleep(pause)
     status = program.stop()
     if status != 0 or not empty():
         raise SystemExit(f"{command[0]} exited {status}, mailbox left: {not empty()}\n"
@@ -192,6 +194,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--folders", type=int, default=1, help="folders pyfetch watches")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between messages")
     args = parser.parse_args()
     if args.messages < 1 or args.folders < 1:
         parser.error("--messages and --folders must be at least 1")
@@ -205,7 +208,7 @@ def main() -> int:
             arrivals = record_arrivals(smtpd)
             results["pyfetch"] = (len(folders), measure(
                 [sys.executable, "-m", "fetcher"], base / "pyfetch", dovecot, ca, smtpd,
-                arrivals, folders, args.messages))
+                arrivals, folders, args.messages, args.pause))
             if fetchmail is None:
                 print("fetchmail is not installed; pyfetch only")
             else:
@@ -215,7 +218,7 @@ def main() -> int:
                           " measured on INBOX alone")
                 results["fetchmail"] = (1, measure(
                     [fetchmail], base / "fetchmail", dovecot, ca, smtpd, arrivals, ["INBOX"],
-                    args.messages))
+                    args.messages, args.pause))
     print(f"{'program':9} {'folders':>7} {'messages':>8} {'median ms':>10} {'p90 ms':>8} "
           f"{'max ms':>8}")
     medians: dict[str, float] = {}

@@ -117,7 +117,8 @@ class AccountPoll:
 
     async def _poll(self) -> PollResult:
         """Sessions until the mailbox is done: with `expunge N`, POP3 QUITs after every N
-        deletions (so that they take effect) and logs in again for the rest."""
+        deletions (so that they take effect) and logs in again for the rest; IMAP sends
+        EXPUNGE and goes on in the same session."""
         total = PollResult(ExitCode.NOMAIL)
         while True:
             result, more = await self._session(total.fetched)
@@ -198,8 +199,8 @@ class AccountPoll:
     async def _work(
         self, driver: MailboxDriver, decisions: list[Decision], fetched: int
     ) -> tuple[PollResult, list[str | None], bool]:
-        """Work through one session's decisions. Returns the result, the UIDs deleted, and
-        whether the session stopped early for `expunge` with work left."""
+        """Work through one session's decisions. Returns the result, the UIDs deleted and not
+        yet expunged, and whether the session stopped early for `expunge` with work left."""
         user, server, report = self.user, self.server, self.reporter
         total = self._report_count(decisions)
         deleted: list[str | None] = []
@@ -210,7 +211,11 @@ class AccountPoll:
                     d.action is Action.FETCH or d.action in _DELETING for d in decisions[index:]
                 )
                 if pending:
-                    return PollResult(status, fetched), deleted, True
+                    if not await asyncio.to_thread(driver.expunge):
+                        return PollResult(status, fetched), deleted, True  # POP3: QUIT, again
+                    if self.store is not None:
+                        self.store.expunged(self.key, {uid for uid in deleted if uid is not None})
+                    deleted.clear()
             info = decision.message
             if decision.action is Action.FETCH:
                 if fetchlimit_reached(fetched, self.policy):

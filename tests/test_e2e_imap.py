@@ -132,3 +132,23 @@ def test_auto_tries_imap_then_pop3(
     assert result.returncode == 0, result.stdout + result.stderr
     assert dovecot.messages("bob") == []
     assert f"with {port.upper()} (pyfetch" in smtpd.transactions[0].data.decode(errors="replace")
+
+
+def test_expunge_n_expunges_every_n_deletions_in_one_session(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    messages = [
+        f"From: a@example.org\r\nSubject: {n}\r\n\r\nbody {n}\r\n".encode() for n in range(5)
+    ]
+    dovecot.seed("bob", messages)
+    rcfile(home, dovecot, test_ca, smtpd, "expunge 2")
+    result = pyfetch(home, "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(smtpd.transactions) == 5 and dovecot.messages("bob") == []
+    sent = [line.removeprefix("pyfetch: IMAP> ").split()[1:] for line in result.stdout.splitlines()
+            if line.startswith("pyfetch: IMAP> ")]
+    commands = [" ".join(words[:2] if words[0] == "UID" else words[:1]) for words in sent if words]
+    assert commands.count("AUTHENTICATE") + commands.count("LOGIN") == 1  # one session
+    # after the 2nd and the 4th deletion, and the last one at the end
+    assert commands.count("UID EXPUNGE") == 3
+    assert not (home / ".fetchids").exists() or "bob@" not in (home / ".fetchids").read_text()

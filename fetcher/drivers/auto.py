@@ -67,6 +67,9 @@ class AutoDriver:
     def mark_seen(self, number: int) -> None:
         self._chosen.mark_seen(number)
 
+    def expunge(self) -> bool:
+        return self._chosen.expunge()
+
     def commit(self) -> None:
         self._chosen.commit()
 

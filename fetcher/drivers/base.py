@@ -51,6 +51,10 @@ class MailboxDriver(Protocol):
         r"""Mark message `number` read on the server, where the protocol can (IMAP \Seen);
         POP3 has no flags and records the UID instead."""
 
+    def expunge(self) -> bool:
+        """Make the deletions so far take effect and stay connected (IMAP EXPUNGE). False
+        where the protocol cannot (POP3 deletes only at QUIT)."""
+
     def commit(self) -> None:
         """End the session cleanly so that deletions take effect (POP3 QUIT)."""
 

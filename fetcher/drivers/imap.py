@@ -289,17 +289,24 @@ class ImapDriver(Endpoint):
         """Flag message `number` \\Seen (after delivery, when it is kept)."""
         self._store(number, [SEEN])
 
+    def expunge(self) -> bool:
+        """Remove the messages flagged \\Deleted in this session: only those with UIDPLUS
+        (UID EXPUNGE), every \\Deleted one of the folder without it."""
+        conn = self._require_connection()
+        if self._deleted:
+            if "UIDPLUS" in self.capabilities:
+                with self._wire("UID EXPUNGE"):
+                    conn.uid_expunge(sorted(self._deleted))
+            else:
+                with self._wire("EXPUNGE"):
+                    conn.expunge()
+            self._deleted.clear()
+        return True
+
     def commit(self) -> None:
         conn = self._require_connection()
         try:
-            if self._deleted:
-                if "UIDPLUS" in self.capabilities:
-                    with self._wire("UID EXPUNGE"):
-                        conn.uid_expunge(sorted(self._deleted))
-                else:
-                    with self._wire("EXPUNGE"):
-                        conn.expunge()
-                self._deleted.clear()
+            self.expunge()
             with self._wire("LOGOUT"):
                 conn.logout()
         finally:

@@ -275,6 +275,9 @@ class Pop3Driver(Endpoint):
     def mark_seen(self, number: int) -> None:
         """POP3 has no flags: a kept message is remembered by its UID in .fetchids."""
 
+    def expunge(self) -> bool:
+        return False  # only QUIT makes DELE take effect: the session logs in again
+
     def commit(self) -> None:
         try:
             self._expect_ok("QUIT")
