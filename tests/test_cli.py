@@ -316,3 +316,18 @@ def test_passwordeval_on_the_command_line_shows_in_configdump(home: Path) -> Non
     assert user["passwordeval"] == "pass show mail"
     plain = json.loads(pyfetch("--configdump", home=home).stdout)
     assert "passwordeval" not in plain["servers"][0]["users"][0]  # fetchmail's keys only
+
+
+def test_keep_with_fetchall_in_idle_mode_is_warned_about(home: Path) -> None:
+    write_rc(home / ".fetchmailrc",
+             "poll imap.example.com proto imap port 993 user alice pass x idle keep fetchall\n")
+    result = pyfetch("-V", home=home)
+    assert result.returncode == 0
+    # fetchmail's warnings, word for word
+    assert result.stderr.splitlines() == [
+        "pyfetch: WARNING: imap.example.com configuration invalid, you normally need --ssl for "
+        "port 993/service imaps.",
+        "Both fetchall and keep on in daemon or idle mode is a mistake!",
+    ]
+    dump = pyfetch("--configdump", home=home)
+    assert dump.returncode == 0 and dump.stderr.count("mistake") == 0  # as fetchmail
