@@ -14,9 +14,9 @@ What was found out about fetchmail 6.4.37 here:
 
 * `idle` in the rcfile is enough: plain `fetchmail` (no -d) polls once, then stays in the
   foreground in IDLE and fetches each new message as Dovecot announces it, until a signal.
-  `-N`, `-d 0` or `-N -d 0` change nothing (`-d N` without `-N` would detach).
+  `-N`, `-d 0` and `-N -d 0` each behaved the same (tried; -v shows `IDLE` / `+ idling`).
 * fetchmail accepts the test certificate with `sslcertfile CA sslcertck sslcommonname localhost`
-  (sslcertck is its default when sslcertfile is given; it is spelt out here anyway).
+  (sslcertck is fetchmail's default since 6.4; spelt out here anyway).
 * With more than one folder (or account) it refuses at once: exit 5 and "idle mode does not
   work for multiple folders or accounts!". `--folders K` therefore watches K folders with
   pyfetch only, and shows fetchmail's refusal beside fetchmail's one-folder figures.
@@ -76,7 +76,7 @@ def record_arrivals(smtpd: SMTPServer) -> list[float]:
         return await original(*args)
 
     # aiosmtpd looks the hooks up on the handler for each new connection
-    smtpd.handler.handle_DATA = handle_data  # type: ignore[method-assign]
+    smtpd.handler.handle_DATA = handle_data  # type: ignore[method-assign,assignment]
     return arrivals
 
 
@@ -84,6 +84,7 @@ class Program:
     """One program running in the background in `home`, its output going to a file there."""
 
     def __init__(self, command: list[str], home: Path) -> None:
+        self.name = command[0]
         self.out = home / "output.txt"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C",
@@ -100,7 +101,7 @@ class Program:
 
     def fail(self, why: str) -> SystemExit:
         self.stop()
-        return SystemExit(f"{self.proc.args[0]}: {why}\n{self.output()}")
+        return SystemExit(f"{self.name}: {why}\n{self.output()}")
 
     def wait_until(self, what: str, condition: Callable[[], bool]) -> None:
         deadline = time.perf_counter() + TIMEOUT
