@@ -266,9 +266,13 @@ async def watch_all(watches: list[FolderWatch], stop: asyncio.Event) -> int | No
             watch.news.set()
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    for signum in handled:
-        loop.add_signal_handler(signum, stop_all, signum)
-    loop.add_signal_handler(signal.SIGUSR1, wake_all)
+    try:
+        for signum in handled:
+            loop.add_signal_handler(signum, stop_all, signum)
+        loop.add_signal_handler(signal.SIGUSR1, wake_all)
+        installed = True
+    except (RuntimeError, ValueError):  # not the main thread: whoever runs us stops us
+        installed = False
 
     async def interrupt_on_stop() -> None:
         await stop.wait()
@@ -280,6 +284,6 @@ async def watch_all(watches: list[FolderWatch], stop: asyncio.Event) -> int | No
         await asyncio.gather(*(watch.run() for watch in watches))
     finally:
         interrupter.cancel()
-        for signum in (*handled, signal.SIGUSR1):
+        for signum in (*handled, signal.SIGUSR1) if installed else ():
             loop.remove_signal_handler(signum)
     return received[0] if received else None

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fetcher.drivers.auto import AutoDriver
@@ -22,7 +22,14 @@ from fetcher.drivers.imap import ImapDriver
 from fetcher.drivers.pop3 import Pop3Driver
 from fetcher.errors import PyfetchError
 from fetcher.exitcodes import ExitCode
-from fetcher.idle import FolderWatch, Timing, WatchFactory, watch_all, watch_connection
+from fetcher.idle import (
+    FolderWatch,
+    Timing,
+    WatchFactory,
+    WatchOutcome,
+    watch_all,
+    watch_connection,
+)
 from fetcher.model import Config, ServerOptions, UserOptions
 from fetcher.report import Reporter, describe_failure
 from fetcher.session import AccountPoll, DriverFactory, SinkFactory
@@ -82,6 +89,14 @@ def poll_all(
             make_driver or default_driver, make_sink or sink_for,
         )
 
+    async def watched_poll(mailbox: Mailbox) -> ExitCode:
+        status = await poll(mailbox)
+        if store is not None:
+            # A watch runs for days: write .fetchids after each poll, as a fetchmail daemon
+            # does, rather than let the journal grow until the end.
+            store.save()
+        return status
+
     try:
         for mailbox in mailboxes:
             if mailbox in watched:
@@ -89,23 +104,13 @@ def poll_all(
             status = asyncio.run(poll(mailbox))
             retrieved = retrieved or status is ExitCode.SUCCESS
         if watched:
-            async def watch() -> tuple[int | None, list[FolderWatch]]:
-                stop = asyncio.Event()
-                watches = [
-                    FolderWatch(
-                        server, user, folder, functools.partial(poll, (server, user, folder)),
-                        reporter, stop,
-                        make_connection=make_watch or watch_connection,
-                        timing=timing or Timing(),
-                    )
-                    for server, user, folder in watched
-                ]
-                return await watch_all(watches, stop), watches
-
-            signum, watches = asyncio.run(watch())
-            for one in watches:
-                status = one.outcome.status
-                retrieved = retrieved or one.outcome.retrieved
+            signum, outcomes = asyncio.run(
+                _watch(watched, watched_poll, reporter, make_watch or watch_connection,
+                       timing or Timing())
+            )
+            for outcome in outcomes:
+                status = outcome.status
+                retrieved = retrieved or outcome.retrieved
             if signum is not None:
                 reporter.info(f"terminated with signal {signum}")
     finally:
@@ -115,6 +120,26 @@ def poll_all(
     if reporter.verbose:
         reporter.info(f"normal termination, status {int(final)}")
     return final
+
+
+async def _watch(
+    mailboxes: list[Mailbox],
+    poll: Callable[[Mailbox], Awaitable[ExitCode]],
+    reporter: Reporter,
+    make_watch: WatchFactory,
+    timing: Timing,
+) -> tuple[int | None, list[WatchOutcome]]:
+    """Watch every mailbox until a signal or until no watch is left; (the signal, outcomes)."""
+    stop = asyncio.Event()
+    watches = [
+        FolderWatch(
+            server, user, folder, functools.partial(poll, (server, user, folder)), reporter,
+            stop, make_connection=make_watch, timing=timing,
+        )
+        for server, user, folder in mailboxes
+    ]
+    signum = await watch_all(watches, stop)
+    return signum, [watch.outcome for watch in watches]
 
 
 def _is_watched(mailbox: Mailbox) -> bool:

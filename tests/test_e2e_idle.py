@@ -273,3 +273,23 @@ def test_watch_whose_server_process_dies_without_a_word_reconnects(
     run.wait_for("the message", lambda: subjects(smtpd) == ["idle 1"])
     assert "lost during IDLE" in run.output()
     assert run.stop() == 0
+
+
+def test_keep_delivers_each_message_once_and_writes_the_idfile_as_it_goes(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle keep"))
+    run = start()
+    run.wait_for("the first poll", lambda: "No mail for bob" in run.output())
+    for n in (1, 2):
+        dovecot.seed("bob", [message(n)])
+        run.wait_for(f"message {n}", lambda n=n: f"idle {n}" in subjects(smtpd))
+        run.wait_for("\\Seen", lambda n=n: dovecot.flags("bob") == ["S"] * n)
+    ids = home / ".fetchids"
+    run.wait_for("the idfile", lambda: ids.exists() and len(ids.read_text().splitlines()) == 2)
+    assert ids.read_text().startswith("bob@127.0.0.1/INBOX;UIDVALIDITY=")
+    assert subjects(smtpd) == ["idle 1", "idle 2"]  # the kept first one was not fetched again
+    assert len(dovecot.messages("bob")) == 2
+    assert run.stop() == 0
