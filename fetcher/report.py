@@ -58,28 +58,33 @@ class Reporter:
             self.info(f"{__version__} querying {pollname} (protocol {protocol}) at "
                       f"{time.ctime()}: poll completed")
 
-    def message_count(self, user: str, server: str, count: int, seen: int, octets: int) -> None:
+    def message_count(
+        self, user: str, server: str, count: int, seen: int, octets: int | None
+    ) -> None:
         seen_part = f" ({seen} seen)" if seen else ""
-        self._progress(
-            f"{_plural(count, 'message')}{seen_part} for {user} at {server} ({octets} octets)."
-        )
+        size = f" ({octets} octets)" if octets is not None else ""
+        self._progress(f"{_plural(count, 'message')}{seen_part} for {user} at {server}{size}.")
 
     def no_mail(self, user: str, server: str) -> None:
         self.info(f"No mail for {user} at {server}")
 
     def message_read(
-        self, user: str, server: str, number: int, total: int, octets: int, flushed: bool
+        self, user: str, server: str, number: int, total: int, octets: int, flushed: bool,
+        header_octets: int | None = None,
     ) -> None:
+        """With `header_octets` (IMAP), the sizes of header and body, as fetchmail shows them."""
         result = "flushed" if flushed else "not flushed"
-        self._progress(
-            f"reading message {user}@{server}:{number} of {total} ({octets} octets) {result}"
-        )
+        if header_octets is None:
+            size = f"({octets} octets)"
+        else:
+            size = f"({header_octets} header octets) ({octets - header_octets} body octets)"
+        self._progress(f"reading message {user}@{server}:{number} of {total} {size} {result}")
 
     def message_skipped(
         self, user: str, server: str, number: int, octets: int, reason: str, flushed: bool
     ) -> None:
         reason_part = f" ({reason})" if reason else ""
-        result = " flushed" if flushed else ""
+        result = " flushed" if flushed else " not flushed"
         self._progress(
             f"skipping message {user}@{server}:{number} ({octets} octets){reason_part}{result}"
         )

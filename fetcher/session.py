@@ -150,7 +150,7 @@ class AccountPoll:
             more = False
             deleted: list[str | None] = []
             if self.check_only:
-                result = self._check(decisions)
+                result = self._check(decisions, driver.protocol)
             else:
                 result, deleted, more = await self._work(driver, decisions, fetched)
             await asyncio.to_thread(driver.commit)
@@ -179,20 +179,21 @@ class AccountPoll:
                 )
                 self.store.forget(stale)
 
-    def _report_count(self, decisions: list[Decision]) -> int:
+    def _report_count(self, decisions: list[Decision], protocol: str) -> int:
         """fetchmail's `N messages (M seen) for bob at host (T octets).` or `No mail for ...`;
-        returns N."""
+        returns N. For IMAP fetchmail gives no total size, and neither do we."""
         total, seen, octets = count_new(decisions)
         if total:
             self.reporter.message_count(
-                self.user.remote, self.server.pollname, total, seen, octets
+                self.user.remote, self.server.pollname, total, seen,
+                None if protocol == "IMAP" else octets,
             )
         else:
             self.reporter.no_mail(self.user.remote, self.server.pollname)
         return total
 
-    def _check(self, decisions: list[Decision]) -> PollResult:
-        self._report_count(decisions)
+    def _check(self, decisions: list[Decision], protocol: str) -> PollResult:
+        self._report_count(decisions, protocol)
         new = any(d.action is Action.FETCH for d in decisions)
         return PollResult(ExitCode.SUCCESS if new else ExitCode.NOMAIL)
 
@@ -202,7 +203,7 @@ class AccountPoll:
         """Work through one session's decisions. Returns the result, the UIDs deleted and not
         yet expunged, and whether the session stopped early for `expunge` with work left."""
         user, server, report = self.user, self.server, self.reporter
-        total = self._report_count(decisions)
+        total = self._report_count(decisions, driver.protocol)
         deleted: list[str | None] = []
         status = ExitCode.NOMAIL
         for index, decision in enumerate(decisions):
@@ -225,7 +226,10 @@ class AccountPoll:
                     )
                     status = ExitCode.MAXFETCH
                     break
-                delivery, envelope, header = await self._fetch_and_deliver(driver, info)
+                fetched_one = await self._fetch_and_deliver(driver, info)
+                delivery, envelope, header = (
+                    fetched_one.delivery, fetched_one.envelope, fetched_one.header
+                )
                 fetched += 1
                 if status is ExitCode.NOMAIL:
                     status = ExitCode.SUCCESS
@@ -247,19 +251,20 @@ class AccountPoll:
                     await asyncio.to_thread(driver.mark_seen, info.number)
                 # fetchmail names the message by the server's true name, the count by poll name
                 report.message_read(
-                    user.remote, server.queryname, info.number, total, info.size, flushed=flushed
+                    user.remote, server.queryname, info.shown_as, total, info.size,
+                    flushed=flushed, header_octets=fetched_one.header_octets,
                 )
             elif decision.action in _DELETING:
                 if await self._delete(driver, info):
                     deleted.append(info.uid)
                 report.message_skipped(
-                    user.remote, server.queryname, info.number, info.size,
+                    user.remote, server.queryname, info.shown_as, info.size,
                     _SKIP_REASONS[decision.action], flushed=True,
                 )
             elif decision.action is Action.SKIP_OVERSIZED:
                 report.message_skipped(
-                    user.remote, server.queryname, info.number, info.size, "oversized",
-                    flushed=False,
+                    user.remote, server.queryname, info.shown_as, info.size,
+                    "oversized", flushed=False,
                 )
         return PollResult(status, fetched), deleted, False
 
@@ -270,7 +275,7 @@ class AccountPoll:
         try:
             await asyncio.to_thread(driver.delete, info.number)
         except ProtocolError as err:
-            self.reporter.error(f"could not delete message {info.number}: {err.message}")
+            self.reporter.error(f"could not delete message {info.shown_as}: {err.message}")
             return False
         return True
 
@@ -305,12 +310,16 @@ class AccountPoll:
             self.reporter.error(f"could not send a bounce to {to}: {result.reply}")
         return result.outcome is Outcome.ACCEPTED
 
-    async def _fetch_and_deliver(
-        self, driver: MailboxDriver, info: MessageInfo
-    ) -> tuple[Delivery, Envelope | None, bytes]:
+    async def _fetch_and_deliver(self, driver: MailboxDriver, info: MessageInfo) -> _Fetched:
         """The delivery, with the envelope and edited header a bounce would need."""
         with _spool() as spool:
             await asyncio.to_thread(driver.retrieve, info.number, spool, peek=self.policy.peek)
+            header_octets = None
+            if driver.protocol == "IMAP":
+                # fetchmail fetches an IMAP message's header and body apart and shows both sizes
+                spool.seek(0)
+                msg.read_header(spool)
+                header_octets = spool.tell()
             spool.seek(0)
             prepared = msg.prepare(
                 spool,
@@ -322,7 +331,7 @@ class AccountPoll:
                 for_mda=self.user.mda is not None and self.user.bsmtp is None,
             )
             if isinstance(prepared, Delivery):  # refused before delivery (bad header)
-                return prepared, None, b""
+                return _Fetched(prepared, None, b"", header_octets)
             envelope, message = prepared
             if self._sink is None:
                 self._sink = self.make_sink(self.server, self.user, self.globals)
@@ -333,7 +342,15 @@ class AccountPoll:
                 # `batchlimit N`: a fresh listener connection after every N messages
                 await self._sink.close()
                 self._sink = None
-            return delivery, envelope, message.header
+            return _Fetched(delivery, envelope, message.header, header_octets)
+
+
+@dataclass
+class _Fetched:
+    delivery: Delivery
+    envelope: Envelope | None  # None: refused before delivery, nobody known to bounce to
+    header: bytes  # as edited for delivery
+    header_octets: int | None  # the header's size as fetched, for IMAP's progress line
 
 
 _DELETING = frozenset({Action.FLUSH, Action.FLUSH_OVERSIZED, Action.DELETE_DELIVERED})

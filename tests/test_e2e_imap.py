@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,43 @@ def test_expunge_n_expunges_every_n_deletions_in_one_session(
     # after the 2nd and the 4th deletion, and the last one at the end
     assert commands.count("UID EXPUNGE") == 3
     assert not (home / ".fetchids").exists() or "bob@" not in (home / ".fetchids").read_text()
+
+
+def _progress(output: str) -> list[str]:
+    return [line for line in output.splitlines()
+            if line.startswith(("reading message", "skipping message")) or " for bob at " in line]
+
+
+@pytest.mark.usefixtures("need_fetchmail")
+@pytest.mark.parametrize("options", ["", "expunge 1", "limit 50", "keep"])
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_progress_lines_are_fetchmails(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, options: str,
+    protocol: str,
+) -> None:
+    """Word for word, numbers included. IMAP messages are numbered by sequence number, not
+    UID: after a first poll the UIDs start above 1, the numbers fetchmail shows do not."""
+    def batch(first: int) -> list[bytes]:
+        return [f"Subject: {n}\r\n\r\n{'x' * 100 * (n % 2)}\r\n".encode()
+                for n in range(first, first + 3)]
+
+    dovecot.seed("bob", batch(0))
+    path = rcfile(home, dovecot, test_ca, smtpd, f"{options} sslcertck")
+    path.write_text(path.read_text().replace(" proto imap", f" proto {protocol}").replace(
+        f"service {dovecot.ports['imap']}", f"service {dovecot.ports[protocol]}"))
+    assert pyfetch(home).returncode == 0  # UIDs 1-3 are gone (or skipped and kept)
+    outputs = []
+    for program in ("fetchmail", "pyfetch"):
+        for path in dovecot.message_files("bob"):  # leftovers go; Dovecot's next UID stays
+            path.unlink()
+        dovecot.seed("bob", batch(0))
+        (home / ".fetchids").unlink(missing_ok=True)
+        if program == "fetchmail":
+            env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LC_ALL": "C"}
+            result = subprocess.run(["fetchmail"], env=env, cwd=home, capture_output=True,
+                                    text=True, timeout=120, check=False)
+        else:
+            result = pyfetch(home)
+        outputs.append(_progress(result.stdout))
+    assert outputs[0], "fetchmail said nothing to compare with"
+    assert outputs[1] == outputs[0]

@@ -11,12 +11,19 @@ from typing import BinaryIO, Protocol
 
 @dataclass(frozen=True)
 class MessageInfo:
-    """One message in the listing: its number in this session, size in octets, and UID."""
+    """One message in the listing: the number that names it to the driver, its size in octets
+    and its UID."""
 
     number: int
     size: int
     uid: str | None  # None when the server has no UIDL
     seen: bool = False  # the server marks it read (IMAP \Seen); POP3 has no such flag
+    position: int = 0  # its place in the mailbox, from 1, where `number` is not (IMAP UIDs)
+
+    @property
+    def shown_as(self) -> int:
+        """The number messages show, as fetchmail's do: the message sequence number."""
+        return self.position or self.number
 
 
 class MailboxDriver(Protocol):

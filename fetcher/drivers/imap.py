@@ -265,7 +265,8 @@ class ImapDriver(Endpoint):
                 seen = SEEN in item.get(b"FLAGS", ())
                 if seen:
                     self.seen_uids.add(str(uid))
-                result.append(MessageInfo(uid, size, str(uid), seen=seen))
+                position = start + chunk.index(uid) + 1
+                result.append(MessageInfo(uid, size, str(uid), seen=seen, position=position))
                 self._uids.add(uid)
         return result
 
