@@ -13,8 +13,7 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fetcher.drivers.auto import AutoDriver
 from fetcher.drivers.base import MailboxDriver
@@ -79,12 +78,13 @@ def poll_all(
     if store is not None:
         store.load()
     mailboxes = _mailboxes(config)
-    watched = [m for m in mailboxes if not check_only and _is_watched(m)]
+    watched = [] if check_only else [m for m in mailboxes if _is_watched(m)]
+    polled = [m for m in mailboxes if check_only or not _is_watched(m)]
     retrieved = False
     status = ExitCode.NOMAIL
 
-    def poll(mailbox: Mailbox) -> Coroutine[Any, Any, ExitCode]:
-        return _poll_mailbox(
+    async def poll(mailbox: Mailbox) -> ExitCode:
+        return await _poll_mailbox(
             config, mailbox, store, reporter, check_only,
             make_driver or default_driver, make_sink or sink_for,
         )
@@ -98,9 +98,7 @@ def poll_all(
         return status
 
     try:
-        for mailbox in mailboxes:
-            if mailbox in watched:
-                continue
+        for mailbox in polled:
             status = asyncio.run(poll(mailbox))
             retrieved = retrieved or status is ExitCode.SUCCESS
         if watched:

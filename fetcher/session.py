@@ -226,16 +226,14 @@ class AccountPoll:
                     )
                     status = ExitCode.MAXFETCH
                     break
-                fetched_one = await self._fetch_and_deliver(driver, info)
-                delivery, envelope, header = (
-                    fetched_one.delivery, fetched_one.envelope, fetched_one.header
-                )
+                got = await self._fetch_and_deliver(driver, info)
+                delivery = got.delivery
                 fetched += 1
                 if status is ExitCode.NOMAIL:
                     status = ExitCode.SUCCESS
                 disposition = after_delivery(delivery, self.policy)
                 refused = disposition is Disposition.DELETE and delivery.outcome is Outcome.PERMFAIL
-                if refused and not await self._bounce(delivery, envelope, header):
+                if refused and not await self._bounce(delivery, got.envelope, got.header):
                     disposition = Disposition.RETRY  # nobody could be told: keep it
                 if disposition is not Disposition.RETRY and info.uid is not None and self.store:
                     # durable before the DELE: a crash from here on delivers nothing twice
@@ -252,7 +250,7 @@ class AccountPoll:
                 # fetchmail names the message by the server's true name, the count by poll name
                 report.message_read(
                     user.remote, server.queryname, info.shown_as, total, info.size,
-                    flushed=flushed, header_octets=fetched_one.header_octets,
+                    flushed=flushed, header_octets=got.header_octets,
                 )
             elif decision.action in _DELETING:
                 if await self._delete(driver, info):

@@ -255,7 +255,7 @@ class ImapDriver(Endpoint):
             chunk = uids[start : start + block]
             with self._wire("UID FETCH"):
                 data = conn.fetch(chunk, ["RFC822.SIZE", "FLAGS"])
-            for uid in chunk:
+            for position, uid in enumerate(chunk, start=start + 1):
                 item = data.get(uid)
                 if item is None:
                     continue  # expunged by another session since the SEARCH
@@ -265,7 +265,6 @@ class ImapDriver(Endpoint):
                 seen = SEEN in item.get(b"FLAGS", ())
                 if seen:
                     self.seen_uids.add(str(uid))
-                position = start + chunk.index(uid) + 1
                 result.append(MessageInfo(uid, size, str(uid), seen=seen, position=position))
                 self._uids.add(uid)
         return result
