@@ -194,3 +194,16 @@ def test_progress_lines_are_fetchmails(
         outputs.append(_progress(result.stdout))
     assert outputs[0], "fetchmail said nothing to compare with"
     assert outputs[1] == outputs[0]
+
+
+def test_message_larger_than_a_fetch_part_arrives_whole(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n"
+    big = b"From: a@example.org\r\nSubject: big\r\n\r\n" + line * (9 * 2**20 // len(line))
+    dovecot.seed("bob", [big])
+    rcfile(home, dovecot, test_ca, smtpd)
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [delivered_body(t.data) for t in smtpd.transactions] == [big]
+    assert dovecot.messages("bob") == []

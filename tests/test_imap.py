@@ -162,6 +162,30 @@ def test_list_retrieve_peek(dovecot: Dovecot, test_ca: TestCA) -> None:
     assert dovecot.flags("bob") == ["", "", ""]  # BODY.PEEK[]: nothing marked read
 
 
+@pytest.mark.parametrize("piece", [10, 1000])  # 1000: one message is a whole number of parts
+def test_large_message_is_fetched_in_parts(
+    dovecot: Dovecot, test_ca: TestCA, trace_log: pytest.LogCaptureFixture, piece: int
+) -> None:
+    """Memory stays flat: a message larger than `piece` arrives in parts, byte for byte, and
+    is still not marked read."""
+    header = b"Subject: big\r\n\r\n"
+    messages = [header + b"x" * (3000 - len(header) - 2) + b"\r\n",
+                header + b"line\n" * 500]  # LF in the file: Dovecot's offsets count CRLF
+    dovecot.seed("bob", messages)
+    d = imap_driver(dovecot, test_ca)
+    d.piece = piece
+    listing = session(d)
+    assert listing[0].size == 3000
+    for info, expected in zip(listing, messages, strict=True):
+        out = io.BytesIO()
+        assert d.retrieve(info.number, out, peek=False) == info.size
+        assert out.getvalue() == crlf(expected)
+    d.commit()
+    partial = [line for line in trace_lines(trace_log) if "BODY.PEEK[]<" in line]
+    assert len(partial) >= 3000 // piece * 2
+    assert dovecot.flags("bob") == ["", ""]
+
+
 def test_small_fetch_blocks(dovecot: Dovecot, test_ca: TestCA) -> None:
     dovecot.seed("bob", SEEDED)
     d = imap_driver(dovecot, test_ca, fetchsizelimit=2)

@@ -164,6 +164,7 @@ class ImapDriver(Endpoint):
     """
 
     protocol = PROTO
+    piece = 4 << 20  # octets: larger messages are fetched in parts of this size
     DEFAULT_PORT = DEFAULT_PORT
     DEFAULT_SSL_PORT = DEFAULT_SSL_PORT
 
@@ -186,7 +187,7 @@ class ImapDriver(Endpoint):
         self.seen_uids: set[str] = set()
         self._connect_factory: ConnectFactory = connect_factory or open_connection
         self._conn: Any = None
-        self._uids: set[int] = set()
+        self._sizes: dict[int, int] = {}  # UID -> RFC822.SIZE, from the listing
         self._deleted: set[int] = set()
         self._secrets: list[str] = []
         if user.password:
@@ -242,7 +243,7 @@ class ImapDriver(Endpoint):
         validity = info.get(b"UIDVALIDITY")
         self.uidvalidity = int(validity) if isinstance(validity, int) else None
         self.seen_uids = set()
-        self._uids = set()
+        self._sizes = {}
         if not info.get(b"EXISTS"):
             return []
         with self._wire("UID SEARCH"):
@@ -266,20 +267,41 @@ class ImapDriver(Endpoint):
                 if seen:
                     self.seen_uids.add(str(uid))
                 result.append(MessageInfo(uid, size, str(uid), seen=seen, position=position))
-                self._uids.add(uid)
+                self._sizes[uid] = size
         return result
 
     def retrieve(self, number: int, out: BinaryIO, *, peek: bool) -> int:
-        # Always PEEK: the message is flagged \Seen (or deleted) only once it has been delivered.
-        conn = self._require_connection()
+        """Always with PEEK: a message is flagged \\Seen (or deleted) only once delivered.
+
+        imaplib holds a whole literal in memory, so a message larger than `piece` is fetched
+        in parts of that size (BODY.PEEK[]<offset.length>), each written out before the next
+        is asked for: memory stays flat however large the message."""
         self._check_number(number)
+        if self._sizes.get(number, 0) <= self.piece:
+            body = self._fetch_body(number, "BODY.PEEK[]", b"BODY[]")
+            if body is None:
+                raise ProtocolError(f"{self.label}: no text for message UID {number}")
+            out.write(body)
+            return len(body)
+        written = 0
+        while True:
+            part = self._fetch_body(
+                number, f"BODY.PEEK[]<{written}.{self.piece}>", f"BODY[]<{written}>".encode()
+            )
+            if part is None and written == 0:
+                raise ProtocolError(f"{self.label}: no text for message UID {number}")
+            part = part or b""
+            out.write(part)
+            written += len(part)
+            if len(part) < self.piece:  # the last part (empty when the size was a multiple)
+                return written
+
+    def _fetch_body(self, number: int, item: str, key: bytes) -> bytes | None:
+        conn = self._require_connection()
         with self._wire("UID FETCH"):
-            data = conn.fetch([number], ["BODY.PEEK[]"])
-        body = data.pop(number, {}).get(b"BODY[]")
-        if not isinstance(body, bytes):
-            raise ProtocolError(f"{self.label}: no text for message UID {number}")
-        out.write(body)
-        return len(body)
+            data = conn.fetch([number], [item])
+        body = data.pop(number, {}).get(key)
+        return body if isinstance(body, bytes) else None
 
     def delete(self, number: int) -> None:
         self._store(number, [DELETED, SEEN])
