@@ -1,0 +1,113 @@
+"""The POP3 driver's copy of a multi-line reply, block by block, held against the line-by-line
+reading RFC 1939 describes, whatever the lines and wherever the network splits them.
+
+The blocks come from a reader that hands out a few bytes at a time, so a terminator, a
+stuffed dot or a CRLF falls across every possible boundary.
+"""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fetcher.drivers.pop3 import Pop3Driver
+from fetcher.errors import ProtocolError, ServerConnectionError
+from fetcher.model import ServerOptions, UserOptions
+
+LIMIT = 40  # a small line limit, so that long lines are easy to make
+
+
+class Trickle(io.RawIOBase):
+    """A raw stream that gives at most the next of `sizes` bytes per read."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data = data
+        self.sizes = sizes or [1]
+        self.at = 0
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        size = min(len(buffer), self.sizes[self.reads % len(self.sizes)])
+        self.reads += 1
+        chunk = self.data[self.at : self.at + size]
+        buffer[: len(chunk)] = chunk
+        self.at += len(chunk)
+        return len(chunk)
+
+
+def copy(wire: bytes, sizes: list[int]) -> tuple[bytes, bytes]:
+    """(what the driver wrote, what it left unread) for `wire` arriving in `sizes` pieces."""
+    d = Pop3Driver(ServerOptions(pollname="h", protocol="POP3"), UserOptions(remote="bob"))
+    reader = io.BufferedReader(Trickle(wire, sizes), buffer_size=16)
+    d._conn = SimpleNamespace(file=reader, sock=None, close=lambda: None)  # type: ignore[assignment]
+    out = io.BytesIO()
+    assert d._copy_text(out, LIMIT, what="test") == len(out.getvalue())
+    return out.getvalue(), reader.read()
+
+
+def line_by_line(wire: bytes) -> bytes:
+    """RFC 1939, one line at a time: the reading the block copy must equal."""
+    out = b""
+    for raw in io.BytesIO(wire):
+        assert len(raw) <= LIMIT + 2 and raw.endswith(b"\n")
+        line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        if line == b".":
+            return out
+        out += (line[1:] if line.startswith(b".") else line) + b"\r\n"
+    raise AssertionError("no terminator")
+
+
+lines = st.lists(
+    st.tuples(
+        st.text(alphabet=".a\r ", max_size=LIMIT - 1).map(str.encode),
+        st.sampled_from([b"\r\n", b"\n"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=lines, sizes=st.lists(st.integers(1, 9), min_size=1, max_size=5))
+def test_block_copy_reads_as_line_by_line(
+    lines: list[tuple[bytes, bytes]], sizes: list[int]
+) -> None:
+    # the server's side: a line starting with a dot gets another one; "." CRLF ends it
+    body = b"".join((b"." + text if text.startswith(b".") else text) + end for text, end in lines)
+    wire = body + b".\r\n"
+    written, left = copy(wire + b"+OK next reply\r\n", sizes)
+    assert written == line_by_line(wire)
+    assert left == b"+OK next reply\r\n"  # nothing past the terminator is taken
+
+
+@pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        (b".\r\n", b""),
+        (b".\n", b""),  # a bare LF ends the terminator too
+        (b"..\r\n.\r\n", b".\r\n"),  # a line of one dot
+        (b"a\nb\r\n.\r\n", b"a\r\nb\r\n"),
+        (b"x\r.y\r\n.\r\n", b"x\r.y\r\n"),  # a dot after a bare CR is not at a line start
+        (b".\r\r\n.\r\n", b"\r\r\n"),  # ".\r" is a stuffed line, not the end
+    ],
+)
+def test_edge_cases(wire: bytes, expected: bytes) -> None:
+    for size in (1, 2, 3, 100):
+        assert copy(wire, [size]) == (expected, b"")
+
+
+def test_line_longer_than_the_limit_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="longer than 40"):
+        copy(b"ok\r\n" + b"y" * (LIMIT + 1) + b"\r\n.\r\n", [7])
+    assert copy(b"y" * LIMIT + b"\r\n.\r\n", [7])[0] == b"y" * LIMIT + b"\r\n"
+
+
+def test_end_of_stream_before_the_terminator_is_a_lost_connection() -> None:
+    with pytest.raises(ServerConnectionError, match="lost"):
+        copy(b"a\r\nb\r\n", [3])
