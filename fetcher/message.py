@@ -783,9 +783,14 @@ def body_chunks(
     return convert_line_ends(read_chunks(body, chunk_size), stripcr=stripcr, forcecr=forcecr)
 
 
-# a dot after a CR counts too: a listener that takes a bare CR as a line end would otherwise
-# see `<CR>.<CR><LF>` as the end of the data (SMTP smuggling)
-_DOT_AT_LINE_START = re.compile(rb"(?<=[\r\n])\.")
+
+
+def _stuff(chunk: bytes) -> bytes:
+    """Double every dot that follows a LF or a CR in `chunk`. A dot after a CR counts too: a
+    listener that takes a bare CR as a line end would otherwise see `<CR>.<CR><LF>` as the
+    end of the data (SMTP smuggling). Two replaces rather than a regular expression: a
+    hundred megabytes go through here, and a doubled dot never makes a new match."""
+    return chunk.replace(b"\n.", b"\n..").replace(b"\r.", b"\r..")
 
 
 def dot_stuff_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -803,7 +808,7 @@ def dot_stuff_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     for chunk in chunks:
         if not chunk:
             continue
-        out = _DOT_AT_LINE_START.sub(b"..", chunk)
+        out = _stuff(chunk)
         if line_start and chunk[0] == 0x2E:
             out = b"." + out
         line_start = chunk[-1] in (CR, LF)
