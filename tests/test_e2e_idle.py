@@ -293,3 +293,17 @@ def test_keep_delivers_each_message_once_and_writes_the_idfile_as_it_goes(
     assert subjects(smtpd) == ["idle 1", "idle 2"]  # the kept first one was not fetched again
     assert len(dovecot.messages("bob")) == 2
     assert run.stop() == 0
+
+
+def test_idle_works_with_fetchmails_default_protocol(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    """No `proto`: fetchmail's `auto` tries IMAP first, and so does the watch."""
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle").replace(" proto imap", ""))
+    run = start()
+    run.wait_for("the first poll", lambda: "No mail for bob" in run.output())
+    dovecot.seed("bob", [message(1)])
+    run.wait_for("the message", lambda: subjects(smtpd) == ["idle 1"])
+    assert run.stop() == 0
