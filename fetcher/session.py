@@ -181,15 +181,18 @@ class AccountPoll:
 
     def _report_count(self, decisions: list[Decision], protocol: str) -> int:
         """fetchmail's `N messages (M seen) for bob at host (T octets).` or `No mail for ...`;
-        returns N. For IMAP fetchmail gives no total size, and neither do we."""
+        returns N. For IMAP fetchmail gives no total size, and neither do we; it names the
+        folder when the account has a `folder` list."""
         total, seen, octets = count_new(decisions)
+        where = self.server.pollname
+        if self.folder is not None:
+            where += f" (folder {self.folder})"
         if total:
             self.reporter.message_count(
-                self.user.remote, self.server.pollname, total, seen,
-                None if protocol == "IMAP" else octets,
+                self.user.remote, where, total, seen, None if protocol == "IMAP" else octets
             )
         else:
-            self.reporter.no_mail(self.user.remote, self.server.pollname)
+            self.reporter.no_mail(self.user.remote, where)
         return total
 
     def _check(self, decisions: list[Decision], protocol: str) -> PollResult:

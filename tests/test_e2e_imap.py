@@ -207,3 +207,28 @@ def test_message_larger_than_a_fetch_part_arrives_whole(
     assert result.returncode == 0, result.stdout + result.stderr
     assert [delivered_body(t.data) for t in smtpd.transactions] == [big]
     assert dovecot.messages("bob") == []
+
+
+@pytest.mark.usefixtures("need_fetchmail")
+def test_progress_lines_with_folders_are_fetchmails(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    """With a folder list fetchmail names the folder in the count, and so do we."""
+    rcfile(home, dovecot, test_ca, smtpd, "folder INBOX Lists Empty sslcertck")
+    outputs = []
+    for program in ("fetchmail", "pyfetch"):
+        dovecot.seed("bob", [b"Subject: a\r\n\r\nin the inbox\r\n"])
+        dovecot.seed("bob", [b"Subject: b\r\n\r\non a list\r\n"] * 2, folder="Lists")
+        dovecot.seed("bob", [b"Subject: c\r\n\r\nseeded to make the folder\r\n"], folder="Empty")
+        for path in dovecot.message_files("bob", folder="Empty"):
+            path.unlink()
+        if program == "fetchmail":
+            env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LC_ALL": "C"}
+            result = subprocess.run(["fetchmail"], env=env, cwd=home, capture_output=True,
+                                    text=True, timeout=120, check=False)
+        else:
+            result = pyfetch(home)
+        outputs.append([line.removeprefix(f"{program}: ")
+                        for line in _progress(result.stdout + result.stderr)])
+    assert outputs[0], "fetchmail said nothing to compare with"
+    assert outputs[1] == outputs[0]
