@@ -162,11 +162,15 @@ def _progress(output: str) -> list[str]:
 
 
 @pytest.mark.usefixtures("need_fetchmail")
-@pytest.mark.parametrize("options", ["", "expunge 1", "limit 50", "keep"])
+@pytest.mark.parametrize(
+    ("options", "args"),
+    [("", []), ("expunge 1", []), ("limit 50", []), ("keep", []), ("fetchall keep", []),
+     ("", ["-c"])],
+)
 @pytest.mark.parametrize("protocol", ["imap", "pop3"])
 def test_progress_lines_are_fetchmails(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, options: str,
-    protocol: str,
+    args: list[str], protocol: str,
 ) -> None:
     """Word for word, numbers included. IMAP messages are numbered by sequence number, not
     UID: after a first poll the UIDs start above 1, the numbers fetchmail shows do not."""
@@ -187,10 +191,10 @@ def test_progress_lines_are_fetchmails(
         (home / ".fetchids").unlink(missing_ok=True)
         if program == "fetchmail":
             env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LC_ALL": "C"}
-            result = subprocess.run(["fetchmail"], env=env, cwd=home, capture_output=True,
-                                    text=True, timeout=120, check=False)
+            result = subprocess.run(["fetchmail", *args], env=env, cwd=home,
+                                    capture_output=True, text=True, timeout=120, check=False)
         else:
-            result = pyfetch(home)
+            result = pyfetch(home, *args)
         outputs.append(_progress(result.stdout))
     assert outputs[0], "fetchmail said nothing to compare with"
     assert outputs[1] == outputs[0]
