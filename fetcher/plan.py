@@ -58,17 +58,20 @@ def plan_mailbox(
     seen: Set[str],
     policy: Policy,
     delivered: Set[str] = frozenset(),
+    *,
+    server_flags: bool = True,
 ) -> list[Decision]:
     """One decision per message, in server order.
 
     `seen` holds the UIDs recorded as fetched for this account (fetchmail's .fetchids);
     `delivered` those of messages an earlier run delivered and meant to delete, but whose
-    deletion the server never confirmed.
+    deletion the server never confirmed. With `server_flags` off, a message the server
+    flags as read (IMAP \\Seen) is new unless `seen` has it: another client may have read it.
     """
     decisions: list[Decision] = []
     for message in listing:
         uid = message.uid
-        known = (uid is not None and uid in seen) or message.seen
+        known = (uid is not None and uid in seen) or (server_flags and message.seen)
         oversized = policy.limit > 0 and message.size > policy.limit
         if uid is not None and uid in delivered and not policy.keep:
             action = Action.DELETE_DELIVERED

@@ -144,9 +144,12 @@ class AccountPoll:
                 self._check_uidvalidity(uidvalidity)
             if self.store is not None and not self.check_only and all(m.uid for m in listing):
                 self.store.prune(self.key, {m.uid for m in listing if m.uid is not None})
+            server_flags = self._trusts_server_flags(listing, uidvalidity)
             seen = self.store.seen(self.key) if self.store else frozenset()
             delivered = self.store.delivered(self.key) if self.store else frozenset()
-            decisions = plan_mailbox(listing, seen, self.policy, delivered)
+            decisions = plan_mailbox(
+                listing, seen, self.policy, delivered, server_flags=server_flags
+            )
             more = False
             deleted: list[str | None] = []
             if self.check_only:
@@ -161,6 +164,22 @@ class AccountPoll:
         finally:
             if not committed:
                 await asyncio.to_thread(driver.close)
+
+    def _trusts_server_flags(self, listing: list[MessageInfo], uidvalidity: int | None) -> bool:
+        """Whether the server's \\Seen flags say what is new (fetchmail's rule), or our record.
+
+        With `keep`, fetchmail skips a message that another client has read before the poll:
+        it is never delivered. Once pyfetch holds a record of an IMAP folder (keyed by its
+        UIDVALIDITY), that record decides instead. The first poll of a folder has none, so
+        \\Seen decides once, and what it calls read is recorded as such: mail read before
+        pyfetch came is not fetched, and later reads by another client no longer hide mail."""
+        store = self.store
+        if store is None or self.check_only or not self.policy.keep or uidvalidity is None:
+            return True
+        if store.knows(self.key):
+            return False
+        store.record_seen(self.key, {m.uid for m in listing if m.seen and m.uid is not None})
+        return True
 
     def _check_uidvalidity(self, uidvalidity: int) -> None:
         """A new UIDVALIDITY means every recorded UID of the folder now names nothing (or

@@ -112,6 +112,11 @@ class UidStore:
         account = self._accounts.get(key)
         return frozenset(account.delivered) if account else frozenset()
 
+    def knows(self, key: str) -> bool:
+        """Whether any UID is recorded for `key`."""
+        account = self._accounts.get(key)
+        return bool(account and account.seen)
+
     def keys_starting(self, prefix: str) -> list[str]:
         return [key for key in self._accounts if key.startswith(prefix)]
 
@@ -122,6 +127,14 @@ class UidStore:
         kind = "delivered" if delete_pending else "seen"
         self._append(f"{kind} {key} {uid}\n")
         self._add(key, uid, delivered=delete_pending)
+
+    def record_seen(self, key: str, uids: set[str]) -> None:
+        """Several messages count as fetched (kept) from now on; durable, with one sync."""
+        if not uids:
+            return
+        self._append("".join(f"seen {key} {uid}\n" for uid in sorted(uids)))
+        for uid in sorted(uids):
+            self._add(key, uid, delivered=False)
 
     def expunged(self, key: str, uids: set[str]) -> None:
         """The server confirmed these deletions (POP3 QUIT answered +OK)."""

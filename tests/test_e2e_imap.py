@@ -236,3 +236,38 @@ def test_progress_lines_with_folders_are_fetchmails(
                         for line in _progress(result.stdout + result.stderr)])
     assert outputs[0], "fetchmail said nothing to compare with"
     assert outputs[1] == outputs[0]
+
+
+def read_elsewhere(dovecot: Dovecot, count: int) -> None:
+    """Another mail client reads the last `count` messages of bob's INBOX (sets \\Seen)."""
+    from imapclient import IMAPClient  # type: ignore[import-untyped]
+
+    with IMAPClient("127.0.0.1", dovecot.ports["imap"], ssl=False) as other:
+        other.login("bob", "hidden")
+        other.select_folder("INBOX")
+        uids = other.search("ALL")[-count:]
+        other.fetch(uids, ["BODY[]"])  # not PEEK: this marks them read
+
+
+def test_keep_fetches_mail_another_client_has_read_once_pyfetch_knows_the_folder(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    """fetchmail trusts \\Seen and would never deliver the second message below."""
+    dovecot.seed("bob", [b"Subject: old\r\n\r\nread before pyfetch came\r\n"])
+    read_elsewhere(dovecot, 1)
+    dovecot.seed("bob", [b"Subject: first\r\n\r\nunread\r\n"])
+    rcfile(home, dovecot, test_ca, smtpd, "keep")
+    assert pyfetch(home).returncode == 0
+    assert [delivered_body(t.data) for t in smtpd.transactions] == [
+        b"Subject: first\r\n\r\nunread\r\n"  # the old one counts as read, as in fetchmail
+    ]
+    dovecot.seed("bob", [b"Subject: second\r\n\r\nread on the phone first\r\n"])
+    read_elsewhere(dovecot, 1)
+    assert dovecot.flags("bob") == ["S", "S", "S"]
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [delivered_body(t.data) for t in smtpd.transactions][1:] == [
+        b"Subject: second\r\n\r\nread on the phone first\r\n"
+    ]
+    assert pyfetch(home).returncode == 1  # and each only once
+    assert len(smtpd.transactions) == 2

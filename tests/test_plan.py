@@ -94,3 +94,20 @@ def test_server_seen_flag_counts_as_seen() -> None:
     listing = [MessageInfo(1, 10, "1", seen=True), MessageInfo(2, 10, "2")]
     assert [d.action for d in plan_mailbox(listing, set(), Policy())] == [SEEN, F]
     assert [d.action for d in plan_mailbox(listing, set(), Policy(fetchall=True))] == [F, F]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected"),
+    [
+        (set(), [F, F, F]),  # read by another client, and by nobody in our record: fetch
+        ({"1"}, [SEEN, F, F]),
+        ({"1", "3"}, [SEEN, F, SEEN]),  # we delivered it; nobody has read it on the server
+    ],
+)
+def test_without_server_flags_only_our_record_says_seen(
+    recorded: set[str], expected: list[Action]
+) -> None:
+    listing = [MessageInfo(1, 10, "1", seen=True), MessageInfo(2, 10, "2", seen=True),
+               MessageInfo(3, 10, "3")]
+    decisions = plan_mailbox(listing, recorded, Policy(keep=True), server_flags=False)
+    assert [d.action for d in decisions] == expected

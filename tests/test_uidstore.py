@@ -79,6 +79,17 @@ def test_deliveries_survive_a_kill_before_save(tmp_path: Path) -> None:
     assert store(ids).delivered(KEY) == {"u1"}
 
 
+def test_recorded_as_seen_in_one_go_survives_a_restart(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    s = store(ids)
+    assert not s.knows(KEY)
+    s.record_seen(KEY, {"u2", "u1"})
+    s.record_seen(KEY, set())
+    assert s.knows(KEY) and s.seen(KEY) == {"u1", "u2"} and s.delivered(KEY) == set()
+    again = store(ids)  # not saved: the journal has them
+    assert again.knows(KEY) and again.seen(KEY) == {"u1", "u2"}
+
+
 def test_torn_journal_line_is_ignored(tmp_path: Path) -> None:
     ids = tmp_path / ".fetchids"
     journal = Path(str(ids) + ".journal")
