@@ -67,6 +67,8 @@ SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
 _FORBIDDEN_IN_COMMANDS = ("\r", "\n", "\0")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
+# fetchmail's tags, A0001, A0002, ...: a -v trace reads as theirs does
+_TAGGED = re.compile(rb"(?P<tag>A\d{4,}) (?P<type>[A-Z]+) (?P<data>.*)", re.ASCII)
 
 
 class _TracedIMAP4(imaplib.IMAP4):
@@ -95,6 +97,20 @@ class _TracedIMAP4(imaplib.IMAP4):
             sock.close()
             raise
         return sock
+
+    @property  # type: ignore[override]
+    def tagre(self) -> re.Pattern[bytes]:
+        return _TAGGED
+
+    @tagre.setter
+    def tagre(self, value: re.Pattern[bytes]) -> None:
+        """imaplib makes a pattern for a random tag prefix of its own; ours is fixed."""
+
+    def _new_tag(self) -> bytes:
+        self.tagnum += 1
+        tag = b"A%04d" % self.tagnum
+        self.tagged_commands[tag] = None
+        return tag
 
     def send(self, data: ReadableBuffer) -> None:
         if trace.enabled():
