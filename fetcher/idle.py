@@ -183,6 +183,10 @@ class FolderWatch:
         if gives_up(err.exit_code, ever_watched=ever_watched):
             self.reporter.error(f"no longer watching {self.name}")
             return True
+        if self.server.protocol == "auto" and not ever_watched:
+            # `auto` may mean a POP3 server, which cannot be watched: poll it (the poll tries
+            # IMAP, then POP3) each time the watch is tried, so its mail still comes.
+            self.news.set()
         return False
 
     async def _listen(self, connection: WatchConnection) -> str:

@@ -307,3 +307,20 @@ def test_idle_works_with_fetchmails_default_protocol(
     dovecot.seed("bob", [message(1)])
     run.wait_for("the message", lambda: subjects(smtpd) == ["idle 1"])
     assert run.stop() == 0
+
+
+def test_idle_with_auto_on_a_pop3_server_still_fetches(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    """`auto` found POP3 there: nothing to watch, but the mail must not stay behind."""
+    dovecot.seed("bob", [message(1)])
+    write_rcfile(home, entry(dovecot, test_ca, smtpd,
+        "user bob there is bob here password hidden idle")
+        .replace(" proto imap", "")
+        .replace(f"service {dovecot.ports['imap']}", f"service {dovecot.ports['pop3']}"))
+    run = start()
+    run.wait_for("the message", lambda: subjects(smtpd) == ["idle 1"])
+    assert "(while watching INBOX of bob@mail.isp.net)" in run.output()  # said, not hidden
+    assert run.stop() == 0
+    assert dovecot.messages("bob") == []
