@@ -637,25 +637,19 @@ class Pop3Driver(Endpoint):
             with self._wire():
                 block = reader.peek(1)  # all that is buffered, or one read's worth
             if not block:
-                self._abort()
-                raise ServerConnectionError(
-                    f"connection to {self.host}:{self.port} lost: the server closed it during "
-                    f"the {what}"
-                )
+                raise self._cut_short(what)
             if b"\n" not in block:  # the middle of a long line
                 with self._wire():
                     pending += reader.read(len(block))
                 if len(pending) >= limit + 2:
-                    self._abort()
-                    raise ProtocolError(f"{self.label}: {what} line longer than {limit} octets")
+                    raise self._too_long(what, limit)
                 continue
             data = bytes(pending) + block
             end, end_length = _terminator(data)
             lines = data[:end] if end >= 0 else data[: data.rfind(b"\n") + 1]
             rest = b"" if end >= 0 else data[len(lines) :]
             if _longest_line(lines, limit) > limit + 2 or len(rest) >= limit + 2:
-                self._abort()
-                raise ProtocolError(f"{self.label}: {what} line longer than {limit} octets")
+                raise self._too_long(what, limit)
             with self._wire():
                 # the whole block, or only up to the end of the terminator line
                 reader.read(len(block) if end < 0 else end + end_length - len(pending))
@@ -676,10 +670,19 @@ class Pop3Driver(Endpoint):
             return raw[:-2]
         if raw.endswith(b"\n"):
             return raw[:-1]
-        self._abort()
         if len(raw) >= limit + 2:
-            raise ProtocolError(f"{self.label}: {what} line longer than {limit} octets")
-        raise ServerConnectionError(
+            raise self._too_long(what, limit)
+        raise self._cut_short(what)
+
+    def _too_long(self, what: str, limit: int) -> ProtocolError:
+        """A line over the limit: the dialogue is out of step, so the connection goes."""
+        self._abort()
+        return ProtocolError(f"{self.label}: {what} line longer than {limit} octets")
+
+    def _cut_short(self, what: str) -> ServerConnectionError:
+        """The server closed the connection in the middle of a reply."""
+        self._abort()
+        return ServerConnectionError(
             f"connection to {self.host}:{self.port} lost: the server closed it during the {what}"
         )
 
