@@ -23,6 +23,7 @@ from servers.dovecot import Dovecot
 from servers.smtp import SMTPServer
 
 DEADLINE = 20.0  # seconds; a working watch needs well under one
+BOB = "user bob there is bob here password hidden idle"  # Dovecot's bob, delivered to bob
 
 
 def message(n: int, to: str = "bob") -> bytes:
@@ -162,7 +163,7 @@ def test_watch_killed_on_the_server_reconnects_and_catches_up(
     start: Callable[..., Running],
 ) -> None:
     write_rcfile(home, entry(dovecot, test_ca, smtpd,
-        "user bob there is bob here password hidden idle"))
+        BOB))
     run = start("-v")
     run.wait_for("the watch", lambda: "pyfetch: watching INBOX" in run.output())
     run.wait_for("IDLE", lambda: "IMAP< + idling" in run.output())
@@ -200,7 +201,7 @@ def test_check_only_polls_once_and_does_not_watch(
 ) -> None:
     dovecot.seed("bob", [message(1)])
     write_rcfile(home, entry(dovecot, test_ca, smtpd,
-        "user bob there is bob here password hidden idle"))
+        BOB))
     run = start("-c")
     assert run.proc.wait(timeout=DEADLINE) == 0, run.output()
     assert "1 message for bob at mail.isp.net" in run.output()
@@ -228,7 +229,7 @@ def test_pop3_account_with_idle_is_polled_once_beside_the_watch(
     dovecot.seed("carol", [message(1, "carol")])
     host, port = smtpd.address
     write_rcfile(home, entry(dovecot, test_ca, smtpd,
-        "user bob there is bob here password hidden idle")
+        BOB)
         + f"poll pop.isp.net via 127.0.0.1 service {dovecot.ports['pop3']} proto pop3\n"
         f"  user carol there is bob here password secret2 idle sslcertfile {test_ca.ca_cert}"
         f" sslcommonname localhost smtphost {host}/{port}\n")
@@ -270,7 +271,7 @@ def test_watch_whose_server_process_dies_without_a_word_reconnects(
 ) -> None:
     """No BYE, just the end of the stream: the watch must notice, not wait for 28 minutes."""
     write_rcfile(home, entry(dovecot, test_ca, smtpd,
-        "user bob there is bob here password hidden idle"))
+        BOB))
     run = start("-v")
     run.wait_for("IDLE", lambda: "IMAP< + idling" in run.output())
     run.wait_for("the first poll", lambda: "No mail for bob" in run.output())
@@ -308,7 +309,7 @@ def test_idle_works_with_fetchmails_default_protocol(
 ) -> None:
     """No `proto`: fetchmail's `auto` tries IMAP first, and so does the watch."""
     write_rcfile(home, entry(dovecot, test_ca, smtpd,
-        "user bob there is bob here password hidden idle").replace(" proto imap", ""))
+        BOB).replace(" proto imap", ""))
     run = start()
     run.wait_for("the first poll", lambda: "No mail for bob" in run.output())
     dovecot.seed("bob", [message(1)])
@@ -323,7 +324,7 @@ def test_idle_with_auto_on_a_pop3_server_still_fetches(
     """`auto` found POP3 there: nothing to watch, but the mail must not stay behind."""
     dovecot.seed("bob", [message(1)])
     write_rcfile(home, entry(dovecot, test_ca, smtpd,
-        "user bob there is bob here password hidden idle")
+        BOB)
         .replace(" proto imap", "")
         .replace(f"service {dovecot.ports['imap']}", f"service {dovecot.ports['pop3']}"))
     run = start()
