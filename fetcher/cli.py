@@ -6,23 +6,25 @@ passwords) ends here with fetchmail's message shape and exit code.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 
-from fetcher import rcfile, tomlconfig
+from fetcher import lock, rcfile, tomlconfig
 from fetcher.config import Config, Environment, Overrides, build
 from fetcher.configdump import configdump_json
 from fetcher.credentials import resolve_passwords
+from fetcher.daemon import detach
 from fetcher.describe import write_version
-from fetcher.errors import PermissionsError, PyfetchError, RcSyntaxError
+from fetcher.errors import ConfigError, PermissionsError, PyfetchError, RcSyntaxError
 from fetcher.exitcodes import ExitCode
 from fetcher.features import unsupported
 from fetcher.gcpause import paused_gc
 from fetcher.options import HELP_TEXT, CommandLine, UsageError, parse_args
 from fetcher.report import Reporter
-from fetcher.runner import poll_all, setup_trace
+from fetcher.run import DEFAULT_PARALLEL, Run, setup_trace
 
 PROG = "pyfetch"
 
@@ -60,17 +62,16 @@ def _load_config(cmd: CommandLine, env: Environment) -> Config:
 
 
 def run(cmd: CommandLine) -> ExitCode:
-    with paused_gc():
-        return _run(cmd)
-
-
-def _run(cmd: CommandLine) -> ExitCode:
     env = Environment.from_os()
     if cmd.version:
-        config = _load_config(cmd, env)
+        with paused_gc():
+            config = _load_config(cmd, env)
         write_version(config, cmd.verbose)
         return ExitCode.SUCCESS
-    config = _load_config(cmd, env)
+    if cmd.quit:
+        return _quit(cmd, env)
+    with paused_gc():
+        config = _load_config(cmd, env)
     for warning in config.warnings:
         sys.stderr.write(f"{warning}\n")
     if cmd.configdump:
@@ -79,25 +80,83 @@ def _run(cmd: CommandLine) -> ExitCode:
         else:
             sys.stdout.write(configdump_json(config))
         return ExitCode.SUCCESS
+    _check_pollable(config)
+    interval = config.globals.poll_interval
+    claimed = lock.claim(
+        config.globals.pidfile or env.default_pidfile, _lock_request(cmd), interval,
+        report=_report,
+    )
+    if not isinstance(claimed, lock.PidLock):
+        return claimed
+    with claimed:
+        resolve_passwords(config, env.netrc_path)
+        os.umask(0o077)  # fetchmail's: what a run creates (idfile, spool, BSMTP) is private
+        if interval and not cmd.nodetach:
+            detach(claimed, interval, config.globals.logfile)
+        reporter = Reporter(verbose=cmd.verbose, silent=cmd.silent, daemon=interval > 0)
+        setup_trace(cmd.verbose, reporter)
+        return Run(
+            config, reporter, check_only=cmd.check,
+            parallel=cmd.parallel or DEFAULT_PARALLEL,
+            reload=functools.partial(_reload, cmd, env),
+        ).execute()
+
+
+def _check_pollable(config: Config) -> None:
+    """Refuse a configuration with nothing to poll, or with a feature pyfetch will not do."""
     accounts = config.selected_accounts()
     if not accounts:
-        _report("no mailservers have been specified.")
-        return ExitCode.SYNTAX
+        raise ConfigError("no mailservers have been specified.")
     problems = [p for server, user in accounts for p in unsupported(server, user)]
     if problems:
-        for problem in problems:
-            _report(problem)
-        return ExitCode.SYNTAX
-    resolve_passwords(config, env.netrc_path)
-    if config.globals.poll_interval > 0 and not all(user.idle for _, user in accounts):
-        # Said, never silently ignored: the daemon loop comes with its own issue.
-        _report(
-            "daemon mode (-d/set daemon) is not available in this release; polling once"
-            " (use -d0 to poll once without this notice)."
-        )
-    setup_trace(cmd.verbose)
-    reporter = Reporter(verbose=cmd.verbose, silent=cmd.silent)
-    return poll_all(config, reporter, check_only=cmd.check)
+        raise ConfigError("\npyfetch: ".join(problems))
+
+
+def _lock_request(cmd: CommandLine) -> lock.Request:
+    """What the pidfile lock weighs: -v and -s alone still wake a daemon, as in fetchmail."""
+    return lock.Request(
+        quit=cmd.quit,
+        check=cmd.check,
+        named_servers=bool(cmd.servers),
+        other_options=bool(cmd.given - _HARMLESS_OPTIONS),
+        silent=cmd.silent,
+    )
+
+
+_HARMLESS_OPTIONS = frozenset({"v", "s", "q"})
+
+
+def _quit(cmd: CommandLine, env: Environment) -> ExitCode:
+    """`-q`: stop the pyfetch (or fetchmail) holding the pidfile. Never polls. The rcfile is
+    read only for its `set pidfile`; a broken one does not keep a daemon from being stopped."""
+    path = cmd.global_overrides.get("pidfile")
+    if not isinstance(path, str):
+        try:
+            with paused_gc():
+                path = _load_config(cmd, env).globals.pidfile
+        except PyfetchError:
+            path = None
+    claimed = lock.claim(path or env.default_pidfile, _lock_request(cmd), 0, report=_report)
+    assert not isinstance(claimed, lock.PidLock)  # -q never runs
+    return claimed
+
+
+def _reload(cmd: CommandLine, env: Environment, previous: Config) -> Config:
+    """The rcfile read again for a running daemon: the same command line, no prompting
+    (passwords asked for at the start are kept). Raises PyfetchError if it cannot be used."""
+    with paused_gc():
+        config = _load_config(cmd, env)
+    _check_pollable(config)
+    asked = {
+        (server.pollname, user.remote): user.password
+        for server, user in previous.selected_accounts()
+        if user.password is not None and user.passwordeval is None
+    }
+    for server, user in config.selected_accounts():
+        if user.password is None and user.passwordeval is None:
+            user.password = asked.get((server.pollname, user.remote))
+    resolve_passwords(config, env.netrc_path, interactive=False)
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

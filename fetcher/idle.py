@@ -10,19 +10,18 @@ Why not poll on the IDLE connection, as fetchmail does: a watch that only listen
 IDLE while a poll runs, so nothing that arrives meanwhile is missed, and a poll that fails
 (the listener is down, say) does not take the watch down with it.
 
-The blocking driver calls of a watch run in a thread of its own: a watch waits up to 28
-minutes in one call, and must not hold a thread that polls need. What to do with what the
-server says is decided by fetcher.idleplan.
+The blocking driver calls of a watch run in a thread of its own (fetcher.worker): a watch
+waits up to 28 minutes in one call, and must not hold a thread that polls need. What to do
+with what the server says is decided by fetcher.idleplan; the watches live in the run loop of
+fetcher.run, which stops and wakes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -43,6 +42,7 @@ from fetcher.idleplan import (
 )
 from fetcher.model import ServerOptions, UserOptions
 from fetcher.report import Reporter, describe_failure
+from fetcher.worker import Worker
 
 T = TypeVar("T")
 
@@ -116,22 +116,27 @@ class FolderWatch:
         self._connection: WatchConnection | None = None
         self._failures = 0
         self._finished = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch")
+        self._worker = Worker(f"watch {self.name}")
 
     async def run(self) -> WatchOutcome:
+        """Watch until `stop` is set or the watch gives up; the poll under way is finished
+        (never one cut in half) before it returns."""
         poller = asyncio.create_task(self._poll_on_news())
+        interrupter = asyncio.create_task(self._interrupt_on_stop())
         try:
             await self._watch()
         finally:
-            # The poller finishes the poll under way (never one cut in half) and stops.
             self._finished = True
             self.news.set()
-            await poller
-            self._executor.shutdown(wait=False)
+            interrupter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller  # cancelled only when a stopping run gives up on the poll
+            self._worker.close()
         return self.outcome
 
-    def interrupt(self) -> None:
-        """Called when `stop` is set: wake the watch's thread out of its wait."""
+    async def _interrupt_on_stop(self) -> None:
+        """Wake the watch's thread out of its wait (up to 28 minutes) once `stop` is set."""
+        await self.stop.wait()
         connection = self._connection
         if connection is not None:
             connection.interrupt()
@@ -165,10 +170,13 @@ class FolderWatch:
             except PyfetchError as err:
                 if self.stop.is_set() or self._failed(err, ever_watched):
                     return
+            except _Stopped:
+                return
             finally:
                 self._connection = None
                 if connection is not None:
-                    await self._call(connection.close)
+                    with contextlib.suppress(_Stopped):
+                        await self._call(connection.close)
             delay = self.timing.retry(self._failures)
             if self.reporter.verbose:
                 self.reporter.info(f"watching {self.name} again in {delay:g} seconds")
@@ -217,8 +225,19 @@ class FolderWatch:
                 renew_at = time.monotonic() + self.timing.renewal
 
     async def _call(self, func: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, func, *args)
+        """`func(*args)` on the watch's thread. Once `stop` is set the watch does not wait for
+        a call the interruption cannot reach (a connect to a server that does not answer):
+        it raises _Stopped, and the thread ends on its own when the call does."""
+        call = asyncio.ensure_future(self._worker.call(func, *args))
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({call, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not call.done():
+            call.cancel()
+            raise _Stopped
+        return call.result()
 
     # -- the poller --------------------------------------------------------------------------
 
@@ -237,6 +256,10 @@ class FolderWatch:
             again = repoll_delay(status, failures, self.timing.retry)
 
 
+class _Stopped(Exception):
+    """The watch was stopped while its thread was busy with a call."""
+
+
 def _text(line: bytes) -> str:
     return line.decode("utf-8", "replace").removeprefix("* ")
 
@@ -249,45 +272,3 @@ async def _wait_for(event: asyncio.Event, timeout: float | None) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
     return event.is_set()
-
-
-async def watch_all(watches: list[FolderWatch], stop: asyncio.Event) -> int | None:
-    """Run the watches until `stop` is set, a signal arrives or every watch has given up.
-
-    SIGTERM, SIGINT and SIGHUP stop them (polls under way finish first); SIGUSR1 polls every
-    watched folder at once, as it wakes a fetchmail daemon. Returns the signal's number, if one
-    ended the run.
-    """
-    loop = asyncio.get_running_loop()
-    received: list[int] = []
-
-    def stop_all(signum: int) -> None:
-        received.append(signum)
-        stop.set()
-
-    def wake_all() -> None:
-        for watch in watches:
-            watch.news.set()
-
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    try:
-        for signum in handled:
-            loop.add_signal_handler(signum, stop_all, signum)
-        loop.add_signal_handler(signal.SIGUSR1, wake_all)
-        installed = True
-    except (RuntimeError, ValueError):  # not the main thread: whoever runs us stops us
-        installed = False
-
-    async def interrupt_on_stop() -> None:
-        await stop.wait()
-        for watch in watches:
-            watch.interrupt()
-
-    interrupter = asyncio.create_task(interrupt_on_stop())
-    try:
-        await asyncio.gather(*(watch.run() for watch in watches))
-    finally:
-        interrupter.cancel()
-        for signum in (*handled, signal.SIGUSR1) if installed else ():
-            loop.remove_signal_handler(signum)
-    return received[0] if received else None

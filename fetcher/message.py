@@ -4,7 +4,7 @@ Pure: no I/O except reading (and, in `read_header`, seeking) the spool file hand
 works on bytes, because mail is 8-bit, may hold invalid UTF-8 or NULs, and may use bare LF line
 ends. Only the header block is held in memory (fetchmail buffers it too: it decides the sender,
 the recipients and where the Received line goes); the body stays in the spool and is streamed
-through `body_chunks` and `dot_stuff_chunks` in bounded chunks (DESIGN.md rule 6).
+through `body_chunks` and `dot_stuff_chunks` in bounded chunks (docs/design.md, rule 6).
 
 Steps, in the order a poll uses them:
 

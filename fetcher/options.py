@@ -61,6 +61,8 @@ class CommandLine:
     nodetach: bool = False  # -N
     yydebug: bool = False  # -y
     rcfile: str | None = None  # -f FILE, as given ("-" = stdin); fetchmail prefixes the cwd
+    parallel: int | None = None  # pyfetch extra: --parallel N, polls at once (None: default)
+    given: set[str] = field(default_factory=set)  # every option seen, by its short/long ident
     servers: list[str] = field(default_factory=list)  # positional server names, in order
     # overrides, keyed by the key names of `fetchmail --configdump`
     global_overrides: dict[str, object] = field(default_factory=dict)
@@ -170,6 +172,7 @@ _HELP_ROWS: tuple[tuple[str, str], ...] = (
     ("-D, --smtpaddress", "set SMTP delivery domain to use"),
     ("    --smtpname", "set SMTP full name username@domain"),
     ("    --passwordeval", "take the password (or OAuth2 token) from a command's output"),
+    ("    --parallel", "poll up to n mailboxes at once (1: one after the other)"),
     ("-Z, --antispam", "set antispam response values"),
     ("-b, --batchlimit", "set batch limit for SMTP connections"),
     ("-B, --fetchlimit", "set fetch limit for server connections"),
@@ -301,6 +304,7 @@ _LONG_OPTIONS: tuple[_Option, ...] = (
 _EXTRA_LONG_OPTIONS: tuple[_Option, ...] = (
     _opt("format", "format", True),
     _opt("passwordeval", "passwordeval", True),  # the password from a command's output
+    _opt("parallel", "parallel", True),  # how many mailboxes are polled at once
 )
 
 # fetchmail 6.4.37's short-option string. Unlike older releases it has no `A:`: `-A` is
@@ -571,6 +575,7 @@ class _Parser:
         value = arg if arg is not None else ""
         if ident in _DESTINATIONS:
             self.destinations += 1
+        result.given.add(ident)
         match ident:
             # ---- what to do
             case "?":
@@ -734,6 +739,11 @@ class _Parser:
                 user["smtpname"] = value
             case "passwordeval":
                 user["passwordeval"] = value
+            case "parallel":
+                number = _xatoi(value)
+                if number < 1:
+                    raise _BadValue(f"Invalid number of parallel polls `{value}' specified.")
+                result.parallel = number
             case "ssl":
                 user["ssl"] = True
             case "sslkey" | "sslcert" | "sslcertfile" | "sslcertpath":

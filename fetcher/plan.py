@@ -14,6 +14,7 @@ from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from fetcher.drivers.base import MessageInfo
+from fetcher.exitcodes import ExitCode
 from fetcher.sinks.base import Delivery, Outcome
 
 
@@ -37,6 +38,7 @@ class Policy:
     limit: int = 0  # octets; 0 = no limit
     fetchlimit: int = 0  # messages per poll; 0 = no limit
     softbounce: bool = True
+    spambounce: bool = False
     uidl: bool = False  # the user forced UID tracking (`uidl`)
 
     @property
@@ -96,22 +98,203 @@ def count_new(decisions: Iterable[Decision]) -> tuple[int, int, int]:
     return total, seen, octets
 
 
-class Disposition(enum.Enum):
-    """What happens on the server after a delivery attempt."""
+class Record(enum.Enum):
+    """What the UID store learns of a message, durably, before anything happens on the server."""
 
-    DELETE = "delete"  # accepted (or refused for good without softbounce): record, then DELE
-    KEEP_SEEN = "keep-seen"  # accepted with `keep`: record the UID, leave the message
-    RETRY = "retry"  # not accepted: leave it, unrecorded, for the next poll
+    NOTHING = "nothing"  # not accepted: the message is fetched again at the next poll
+    SEEN = "seen"  # kept on the server, and known as fetched (fetchmail's .fetchids line)
+    DELIVERED = "delivered"  # about to be deleted: never delivered again, even after a crash
 
 
-def after_delivery(delivery: Delivery, policy: Policy) -> Disposition:
-    """fetchmail 6.4's handling of the listener's answer (reference section 4.7)."""
+class OnServer(enum.Enum):
+    """What happens to the message on the server once its record is durable."""
+
+    LEAVE = "leave"
+    DELETE = "delete"  # DELE, or \Deleted then EXPUNGE
+    MARK_SEEN = "mark seen"  # IMAP \Seen; POP3 has no flags and keeps the record only
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one delivery attempt leads to (the per-message rule of docs/design.md): record,
+    then act on the server, in that order. `bounce`: tell the sender before the message is
+    dropped; if nobody could be told, `KEEP_FOR_RETRY` applies instead."""
+
+    record: Record
+    on_server: OnServer
+    bounce: bool = False
+
+    @property
+    def deletes(self) -> bool:
+        return self.on_server is OnServer.DELETE
+
+
+KEEP_FOR_RETRY = Step(Record.NOTHING, OnServer.LEAVE)
+
+
+def after_delivery(delivery: Delivery, policy: Policy, *, has_uid: bool = True) -> Step:
+    """fetchmail 6.4's handling of the listener's answer, as one step.
+
+    Accepted: delete, or with `keep` mark it read. Refused for good (5xx): kept for the next
+    poll under `softbounce` (fetchmail's default); with `no softbounce` it is bounced to its
+    sender and deleted, except that a refusal for spam (`antispam` codes) is dropped without a
+    bounce unless `spambounce` is set. A temporary refusal is always kept. Without a UID
+    (a POP3 server without UIDL) there is nothing to record.
+    """
     if delivery.outcome is Outcome.ACCEPTED:
-        return Disposition.KEEP_SEEN if policy.keep else Disposition.DELETE
-    if delivery.outcome is Outcome.PERMFAIL and not policy.softbounce and not policy.keep:
-        return Disposition.DELETE  # `set no softbounce`: a permanent refusal drops it
-    return Disposition.RETRY
+        step = Step(Record.SEEN, OnServer.MARK_SEEN) if policy.keep else Step(
+            Record.DELIVERED, OnServer.DELETE
+        )
+    elif delivery.outcome is Outcome.PERMFAIL and not policy.softbounce and not policy.keep:
+        bounce = not (delivery.antispam and not policy.spambounce)
+        step = Step(Record.DELIVERED, OnServer.DELETE, bounce=bounce)
+    else:
+        return KEEP_FOR_RETRY
+    if not has_uid:
+        step = Step(Record.NOTHING, step.on_server, step.bounce)
+    return step
 
 
 def fetchlimit_reached(fetched: int, policy: Policy) -> bool:
     return policy.fetchlimit > 0 and fetched >= policy.fetchlimit
+
+
+# -- one session, one command at a time -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Fetch the message and deliver it; then report after_delivery()'s step back."""
+
+    message: MessageInfo
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Delete the message without fetching it (flush, limitflush, delivered before)."""
+
+    message: MessageInfo
+    reason: str  # for the `skipping message ... flushed` line; "" for a plain flush
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Leave the message and say so (over `limit`: reported at every poll)."""
+
+    message: MessageInfo
+    reason: str
+
+
+@dataclass(frozen=True)
+class Expunge:
+    """Make the deletions so far final and go on in the same session (IMAP `expunge N`)."""
+
+
+@dataclass(frozen=True)
+class Relogin:
+    """End the session (POP3 QUIT makes DELE final) and poll the rest in a new one."""
+
+
+@dataclass(frozen=True)
+class FetchlimitReached:
+    limit: int
+    left: int  # messages that would have been fetched
+
+
+Command = Fetch | Remove | Skip | Expunge | Relogin | FetchlimitReached
+
+_REMOVE_REASONS = {
+    Action.FLUSH: "",
+    Action.FLUSH_OVERSIZED: "oversized",
+    Action.DELETE_DELIVERED: "delivered before",
+}
+
+
+class SessionPlan:
+    """The work of one session, handed out one command at a time; no I/O.
+
+    The poll (fetcher.session) asks next(), does what it is told and reports back what the
+    server did (deleted()). `fetched` counts the messages read in earlier sessions of the same
+    poll, for `fetchlimit` across the relogins of `expunge N`.
+    """
+
+    def __init__(
+        self,
+        decisions: list[Decision],
+        policy: Policy,
+        *,
+        expunge: int = 0,
+        can_expunge: bool = True,
+        fetched: int = 0,
+    ) -> None:
+        self.decisions = decisions
+        self.policy = policy
+        self.expunge_every = expunge
+        self.can_expunge = can_expunge
+        self.fetched = fetched
+        self.status = ExitCode.NOMAIL
+        self.more = False  # a Relogin ended the session with work left
+        self.unexpunged: list[str] = []  # UIDs deleted since the last expunge, for the store
+        self._deleted_since_expunge = 0
+        self._index = 0
+        self._finished = False
+
+    def next(self) -> Command | None:
+        """What to do next; None when the session's work is done."""
+        while not self._finished and self._index < len(self.decisions):
+            if self._expunge_due():
+                self._deleted_since_expunge = 0
+                if self.can_expunge:
+                    return Expunge()
+                self._finished = self.more = True
+                return Relogin()
+            decision = self.decisions[self._index]
+            message, action = decision.message, decision.action
+            if action is Action.FETCH:
+                if fetchlimit_reached(self.fetched, self.policy):
+                    self._finished = True
+                    self.status = ExitCode.MAXFETCH
+                    left = sum(1 for d in self.decisions[self._index :] if d.action is Action.FETCH)
+                    return FetchlimitReached(self.policy.fetchlimit, left)
+                self._index += 1
+                self.fetched += 1
+                if self.status is ExitCode.NOMAIL:
+                    self.status = ExitCode.SUCCESS
+                return Fetch(message)
+            self._index += 1
+            if action in _REMOVE_REASONS:
+                return Remove(message, _REMOVE_REASONS[action])
+            if action is Action.SKIP_OVERSIZED:
+                return Skip(message, "oversized")
+        return None
+
+    def deleted(self, message: MessageInfo) -> None:
+        """The server took the deletion of `message` (not yet final until expunge or QUIT)."""
+        self._deleted_since_expunge += 1
+        if message.uid is not None:
+            self.unexpunged.append(message.uid)
+
+    def expunged(self) -> set[str]:
+        """The deletions so far are final: the UIDs the store may now forget."""
+        uids = set(self.unexpunged)
+        self.unexpunged.clear()
+        return uids
+
+    def stop(self) -> None:
+        """Hand out nothing more (the run is stopping): the session ends cleanly."""
+        self._finished = True
+
+    def _expunge_due(self) -> bool:
+        """`expunge N`: after every N deletions, if anything is left that fetches or deletes."""
+        if not self.expunge_every or self._deleted_since_expunge < self.expunge_every:
+            return False
+        return any(
+            d.action is Action.FETCH or d.action in _REMOVE_REASONS
+            for d in self.decisions[self._index :]
+        )
+
+
+def combine_sessions(so_far: ExitCode, session: ExitCode) -> ExitCode:
+    """The status of a poll made of several sessions (the relogins of POP3 `expunge N`): the
+    last one that says more than "no mail"."""
+    return so_far if session is ExitCode.NOMAIL and so_far is not ExitCode.NOMAIL else session

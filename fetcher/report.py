@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import TextIO
 
 from fetcher import __version__
+from fetcher.console import Console
 from fetcher.errors import (
     AuthenticationError,
     ListenerUnavailableError,
@@ -26,25 +25,29 @@ def _plural(count: int, word: str) -> str:
 
 class Reporter:
     def __init__(
-        self, *, verbose: int = 0, silent: bool = False, out: TextIO | None = None
+        self,
+        *,
+        verbose: int = 0,
+        silent: bool = False,
+        daemon: bool = False,
+        console: Console | None = None,
     ) -> None:
         self.verbose = verbose
         self.silent = silent and not verbose  # fetchmail: the last of -s and -v wins
-        self.out = out or sys.stdout
-        self.err = sys.stderr
+        self.daemon = daemon  # a daemon keeps quiet about polls that found nothing
+        self.console = console or Console()
 
     def _progress(self, line: str) -> None:
         if not self.silent:
-            self.out.write(line + "\n")
-            self.out.flush()
+            self.console.write("out", line + "\n")
 
     def info(self, line: str) -> None:
         """A prefixed line, as fetchmail's report() writes it."""
         self._progress(f"pyfetch: {line}")
 
     def error(self, line: str) -> None:
-        self.err.write(f"pyfetch: {line}\n")
-        self.err.flush()
+        """Errors are shown even with -s."""
+        self.console.write("err", f"pyfetch: {line}\n")
 
     # -- the poll ----------------------------------------------------------------------
 
@@ -66,7 +69,8 @@ class Reporter:
         self._progress(f"{_plural(count, 'message')}{seen_part} for {user} at {server}{size}.")
 
     def no_mail(self, user: str, server: str) -> None:
-        self.info(f"No mail for {user} at {server}")
+        if self.verbose or not self.daemon:
+            self.info(f"No mail for {user} at {server}")
 
     def message_read(
         self, user: str, server: str, number: int, total: int, octets: int, flushed: bool,

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from fetcher.rcfile import check_permissions
+from fetcher.worker import Worker
 
 _JOURNAL_SUFFIX = ".journal"
 
@@ -220,3 +221,52 @@ def _atomic_write(path: str, text: str) -> None:
         os.fsync(dir_fd)  # the rename itself must survive a crash
     finally:
         os.close(dir_fd)
+
+
+class StoreService:
+    """The UID store as the run loop uses it: every read and write runs on one thread of its
+    own (fetcher.worker), in the order asked. The journal's fsync then never stalls the event
+    loop (and with it the other accounts' polls), and the store's sets are touched by that one
+    thread only, so polls running side by side never see them half changed."""
+
+    def __init__(self, store: UidStore) -> None:
+        self.store = store
+        self._worker = Worker("uidstore")
+
+    async def load(self) -> None:
+        await self._worker.call(self.store.load)
+
+    async def seen(self, key: str) -> frozenset[str]:
+        return await self._worker.call(self.store.seen, key)
+
+    async def delivered(self, key: str) -> frozenset[str]:
+        return await self._worker.call(self.store.delivered, key)
+
+    async def knows(self, key: str) -> bool:
+        return await self._worker.call(self.store.knows, key)
+
+    async def keys_starting(self, prefix: str) -> list[str]:
+        return await self._worker.call(self.store.keys_starting, prefix)
+
+    async def record(self, key: str, uid: str, *, delete_pending: bool) -> None:
+        await self._worker.call(
+            lambda: self.store.record(key, uid, delete_pending=delete_pending)
+        )
+
+    async def record_seen(self, key: str, uids: set[str]) -> None:
+        await self._worker.call(self.store.record_seen, key, uids)
+
+    async def expunged(self, key: str, uids: set[str]) -> None:
+        await self._worker.call(self.store.expunged, key, uids)
+
+    async def prune(self, key: str, present: set[str]) -> None:
+        await self._worker.call(self.store.prune, key, present)
+
+    async def forget(self, key: str) -> None:
+        await self._worker.call(self.store.forget, key)
+
+    async def save(self) -> None:
+        await self._worker.call(self.store.save)
+
+    def close(self) -> None:
+        self._worker.close()

@@ -48,7 +48,7 @@ def pyfetch(
         **(env or {}),
     }
     return subprocess.run(
-        [sys.executable, "-m", "fetcher", *args],
+        [sys.executable, "-m", "fetcher", *args, "--pidfile", str(home / "pyfetch.pid")],
         env=environ,
         cwd=cwd or home,
         input=stdin,
@@ -182,7 +182,7 @@ def test_password_prompt_on_a_terminal(home: Path) -> None:
         os.chdir(home)
         os.execve(
             sys.executable,
-            [sys.executable, "-m", "fetcher"],
+            [sys.executable, "-m", "fetcher", "--pidfile", str(home / "pyfetch.pid")],
             {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(ROOT)},
         )
     output = b""

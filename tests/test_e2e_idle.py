@@ -48,7 +48,7 @@ class Running:
         }
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fetcher", *args],
+                [sys.executable, "-m", "fetcher", *args, "--pidfile", str(home / "pyfetch.pid")],
                 env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
 

@@ -59,7 +59,7 @@ def pyfetch(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.run(
-        [sys.executable, "-m", "fetcher", *args],
+        [sys.executable, "-m", "fetcher", *args, "--pidfile", str(home / "pyfetch.pid")],
         env=env, cwd=home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         errors="replace", timeout=120, check=False,
     )
@@ -457,16 +457,17 @@ def test_sample_rcfile_delivers_byte_for_byte_through_postfix(
     assert dovecot.messages("bob") == []
 
 
-def test_daemon_setting_is_announced_and_polls_once(
+def test_d0_polls_once_in_the_foreground_whatever_set_daemon_says(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
 ) -> None:
     dovecot.seed("bob", MESSAGES[:1])
     path = rcfile(home, dovecot, test_ca, smtpd)
     path.write_text("set daemon 60\n" + path.read_text())
-    result = pyfetch(home)
+    result = pyfetch(home, "-d0")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "daemon mode (-d/set daemon) is not available in this release" in result.stderr
     assert len(smtpd.transactions) == 1
+    assert "1 message for bob at mail.isp.net" in result.stdout
+    assert not (home / "pyfetch.pid").exists()  # the lock goes with the run
 
 
 def test_expunge_quits_and_logs_in_again_every_n_deletions(

@@ -17,7 +17,7 @@ from servers.certs import TestCA
 from servers.dovecot import Dovecot
 
 from fetcher.exitcodes import ExitCode
-from fetcher.idle import FolderWatch, Timing, watch_all
+from fetcher.idle import FolderWatch, Timing
 from fetcher.model import ServerOptions, UserOptions
 from fetcher.report import Reporter
 from fetcher.trace import TRACE_LOGGER
@@ -85,7 +85,7 @@ def run_watch(
             return ExitCode.NOMAIL
 
         watch = FolderWatch(server, user, None, poll, Reporter(verbose=1), stop, timing=timing)
-        runner = asyncio.create_task(watch_all([watch], stop))
+        runner = asyncio.create_task(watch.run())
         try:
             await scenario(watch, polls)  # type: ignore[misc]
         finally:
@@ -143,7 +143,7 @@ def test_wrong_password_ends_the_watch_instead_of_retrying(
             raise AssertionError("a watch that never logged in has nothing to poll")
 
         watch = FolderWatch(server, user, None, poll, Reporter(), stop)
-        await asyncio.wait_for(watch_all([watch], stop), DEADLINE)  # ends by itself
+        await asyncio.wait_for(watch.run(), DEADLINE)  # ends by itself
         return watch
 
     watch = asyncio.run(main())

@@ -21,7 +21,7 @@ from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.report import Reporter
 from fetcher.session import AccountPoll, PollResult
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome, Sink
-from fetcher.uidstore import UidStore, account_key
+from fetcher.uidstore import StoreService, UidStore, account_key
 
 MESSAGES = [
     b"From: one@example.org\r\nSubject: first\r\nMessage-ID: <one@example.org>\r\n\r\n"
@@ -61,6 +61,7 @@ def poll(server: FakeImapServer, sink: RecordingSink, idfile: Path) -> PollResul
     user = UserOptions(remote="bob", password="secret", sslproto="")
     store = UidStore(str(idfile))
     store.load()
+    service = StoreService(store)
 
     def make_driver(
         s: ServerOptions, u: UserOptions, folder: str | None, read_only: bool
@@ -71,11 +72,12 @@ def poll(server: FakeImapServer, sink: RecordingSink, idfile: Path) -> PollResul
         return sink
 
     account = AccountPoll(
-        options, user, GlobalOptions(), store, Reporter(silent=True), make_driver, make_sink
+        options, user, GlobalOptions(), service, Reporter(silent=True), make_driver, make_sink
     )
     try:
         return asyncio.run(account.run())
     finally:
+        service.close()
         store.close()
 
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 import pytest
 
 from fetcher.drivers.base import MessageInfo
+from fetcher.exitcodes import ExitCode
 from fetcher.plan import (
+    KEEP_FOR_RETRY,
     Action,
-    Disposition,
+    Command,
+    Decision,
+    Expunge,
+    Fetch,
+    FetchlimitReached,
+    OnServer,
     Policy,
+    Record,
+    Relogin,
+    Remove,
+    SessionPlan,
+    Skip,
+    Step,
     after_delivery,
+    combine_sessions,
     count_new,
     fetchlimit_reached,
     plan_mailbox,
@@ -55,20 +69,34 @@ def test_count_line_numbers() -> None:
     assert count_new(decisions) == (4, 1, 5300)
 
 
+DELETE = Step(Record.DELIVERED, OnServer.DELETE)
+KEEP_SEEN = Step(Record.SEEN, OnServer.MARK_SEEN)
+
+
 @pytest.mark.parametrize(
-    ("outcome", "policy", "expected"),
+    ("delivery", "policy", "has_uid", "expected"),
     [
-        (Outcome.ACCEPTED, Policy(), Disposition.DELETE),
-        (Outcome.ACCEPTED, Policy(keep=True), Disposition.KEEP_SEEN),
-        (Outcome.TEMPFAIL, Policy(), Disposition.RETRY),
-        (Outcome.PERMFAIL, Policy(), Disposition.RETRY),  # softbounce is fetchmail 6's default
-        (Outcome.PERMFAIL, Policy(softbounce=False), Disposition.DELETE),
-        (Outcome.PERMFAIL, Policy(softbounce=False, keep=True), Disposition.RETRY),
-        (Outcome.TEMPFAIL, Policy(softbounce=False), Disposition.RETRY),
+        (Delivery(Outcome.ACCEPTED), Policy(), True, DELETE),
+        (Delivery(Outcome.ACCEPTED), Policy(keep=True), True, KEEP_SEEN),
+        (Delivery(Outcome.TEMPFAIL), Policy(), True, KEEP_FOR_RETRY),
+        # softbounce is fetchmail 6's default: a permanent refusal is kept too
+        (Delivery(Outcome.PERMFAIL), Policy(), True, KEEP_FOR_RETRY),
+        (Delivery(Outcome.PERMFAIL), Policy(softbounce=False), True,
+         Step(Record.DELIVERED, OnServer.DELETE, bounce=True)),
+        (Delivery(Outcome.PERMFAIL), Policy(softbounce=False, keep=True), True, KEEP_FOR_RETRY),
+        (Delivery(Outcome.TEMPFAIL), Policy(softbounce=False), True, KEEP_FOR_RETRY),
+        # spam is dropped without a bounce, unless spambounce asks for one
+        (Delivery(Outcome.PERMFAIL, antispam=True), Policy(softbounce=False), True, DELETE),
+        (Delivery(Outcome.PERMFAIL, antispam=True), Policy(softbounce=False, spambounce=True),
+         True, Step(Record.DELIVERED, OnServer.DELETE, bounce=True)),
+        # no UIDL: nothing to record, the server side is the same
+        (Delivery(Outcome.ACCEPTED), Policy(), False, Step(Record.NOTHING, OnServer.DELETE)),
+        (Delivery(Outcome.ACCEPTED), Policy(keep=True), False,
+         Step(Record.NOTHING, OnServer.MARK_SEEN)),
     ],
 )
-def test_after_delivery(outcome: Outcome, policy: Policy, expected: Disposition) -> None:
-    assert after_delivery(Delivery(outcome), policy) is expected
+def test_after_delivery(delivery: Delivery, policy: Policy, has_uid: bool, expected: Step) -> None:
+    assert after_delivery(delivery, policy, has_uid=has_uid) == expected
 
 
 @pytest.mark.parametrize(
@@ -111,3 +139,126 @@ def test_without_server_flags_only_our_record_says_seen(
                MessageInfo(3, 10, "3")]
     decisions = plan_mailbox(listing, recorded, Policy(keep=True), server_flags=False)
     assert [d.action for d in decisions] == expected
+
+
+# -- a session, command by command --------------------------------------------------------
+
+M = [MessageInfo(n, 100, str(n)) for n in range(1, 7)]
+FL, FO, DD, BIGX = Action.FLUSH, Action.FLUSH_OVERSIZED, Action.DELETE_DELIVERED, BIG
+
+
+PLAIN = Policy()
+
+
+def session(
+    actions: list[Action], policy: Policy = PLAIN, *, deletes: bool = True, **options: object
+) -> tuple[list[str], SessionPlan]:
+    """Run a SessionPlan over `actions` (one per message of M), the server taking every
+    deletion when `deletes`; the commands it gave, written short: F1 fetch 1, R2 remove 2, S3
+    skip 3, X expunge, Q relogin, L<left> fetchlimit."""
+    plan = SessionPlan(
+        [Decision(m, a) for m, a in zip(M, actions, strict=False)], policy, **options  # type: ignore[arg-type]
+    )
+    shown: list[str] = []
+    while (command := plan.next()) is not None:
+        shown.append(_short(command))
+        if isinstance(command, Fetch | Remove) and deletes:
+            deleting = isinstance(command, Remove) or not policy.keep
+            if deleting:
+                plan.deleted(command.message)
+        if isinstance(command, Expunge):
+            plan.expunged()
+    return shown, plan
+
+
+def _short(command: Command) -> str:
+    match command:
+        case Fetch(message=m):
+            return f"F{m.number}"
+        case Remove(message=m):
+            return f"R{m.number}"
+        case Skip(message=m):
+            return f"S{m.number}"
+        case Expunge():
+            return "X"
+        case Relogin():
+            return "Q"
+        case FetchlimitReached(left=left):
+            return f"L{left}"
+    raise AssertionError(command)
+
+
+@pytest.mark.parametrize(
+    ("actions", "policy", "options", "commands", "status", "more"),
+    [
+        ([], Policy(), {}, [], ExitCode.NOMAIL, False),
+        ([F, F, F], Policy(), {}, ["F1", "F2", "F3"], ExitCode.SUCCESS, False),
+        ([SEEN, SEEN], Policy(), {}, [], ExitCode.NOMAIL, False),
+        ([FL, F, DD, BIGX], Policy(), {}, ["R1", "F2", "R3", "S4"], ExitCode.SUCCESS, False),
+        # fetchlimit: counts fetches only, says how many are left, ends the session
+        ([F, SEEN, F, F, F], Policy(fetchlimit=2), {}, ["F1", "F3", "L2"], ExitCode.MAXFETCH,
+         False),
+        ([F, F], Policy(fetchlimit=2), {}, ["F1", "F2"], ExitCode.SUCCESS, False),
+        # ... also across the relogins of one poll: 1 fetched before this session
+        ([F, F], Policy(fetchlimit=2), {"fetched": 1}, ["F1", "L1"], ExitCode.MAXFETCH, False),
+        # IMAP expunge 2: EXPUNGE after every 2 deletions, not at the end (commit does that)
+        ([F, F, F, F, F], Policy(), {"expunge": 2}, ["F1", "F2", "X", "F3", "F4", "X", "F5"],
+         ExitCode.SUCCESS, False),
+        ([F, F, SEEN, SEEN], Policy(), {"expunge": 2}, ["F1", "F2"], ExitCode.SUCCESS, False),
+        ([FL, FO, F], Policy(), {"expunge": 2}, ["R1", "R2", "X", "F3"], ExitCode.SUCCESS,
+         False),
+        # POP3 cannot expunge: QUIT and a new session for the rest
+        ([F, F, F], Policy(), {"expunge": 2, "can_expunge": False}, ["F1", "F2", "Q"],
+         ExitCode.SUCCESS, True),
+        # keep: nothing is deleted, so expunge never comes due
+        ([F, F, F], Policy(keep=True), {"expunge": 1}, ["F1", "F2", "F3"], ExitCode.SUCCESS,
+         False),
+    ],
+)
+def test_session_commands(
+    actions: list[Action], policy: Policy, options: dict[str, object], commands: list[str],
+    status: ExitCode, more: bool,
+) -> None:
+    shown, plan = session(actions, policy, **options)
+    assert shown == commands
+    assert plan.status is status
+    assert plan.more is more
+
+
+def test_a_refused_deletion_does_not_count_toward_expunge() -> None:
+    shown, _ = session([F, F, F], deletes=False, expunge=1)
+    assert shown == ["F1", "F2", "F3"]
+
+
+def test_expunged_hands_over_the_deleted_uids_once() -> None:
+    plan = SessionPlan([Decision(m, F) for m in M[:3]], Policy())
+    for _ in range(3):
+        command = plan.next()
+        assert isinstance(command, Fetch)
+        plan.deleted(command.message)
+    assert plan.expunged() == {"1", "2", "3"}
+    assert plan.expunged() == set()
+
+
+def test_stop_hands_out_nothing_more() -> None:
+    plan = SessionPlan([Decision(m, F) for m in M[:3]], Policy())
+    assert plan.next() == Fetch(M[0])
+    plan.stop()
+    assert plan.next() is None
+    assert plan.status is ExitCode.SUCCESS and plan.fetched == 1
+
+
+@pytest.mark.parametrize(
+    ("so_far", "session_status", "expected"),
+    [
+        (ExitCode.NOMAIL, ExitCode.NOMAIL, ExitCode.NOMAIL),
+        (ExitCode.SUCCESS, ExitCode.NOMAIL, ExitCode.SUCCESS),  # the last session found nothing
+        (ExitCode.NOMAIL, ExitCode.SUCCESS, ExitCode.SUCCESS),
+        (ExitCode.SUCCESS, ExitCode.MAXFETCH, ExitCode.MAXFETCH),
+        (ExitCode.SUCCESS, ExitCode.SOCKET, ExitCode.SOCKET),
+    ],
+)
+def test_statuses_of_the_sessions_of_one_poll(
+    so_far: ExitCode, session_status: ExitCode, expected: ExitCode
+) -> None:
+    assert combine_sessions(so_far, session_status) is expected

@@ -1,6 +1,6 @@
 """What a sink promises: a Delivery that says ACCEPTED, TEMPFAIL or PERMFAIL, nothing else.
 
-Only ACCEPTED lets the session delete a message on the server (DESIGN.md rule 1). Sinks never
+Only ACCEPTED lets the session delete a message on the server (docs/design.md, rule 1). Sinks never
 know about servers or UIDs.
 """
 
