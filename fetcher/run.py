@@ -471,15 +471,16 @@ class Run:
         self._adopt(config)
 
 
-def _stamp(path: str | None) -> tuple[int, int, int] | None:
-    """What tells that the rcfile changed: its inode, size and modification time."""
+def _stamp(path: str | None) -> tuple[int, int, int, int] | None:
+    """What tells that the rcfile changed: its inode, size, and modification and change
+    times (the change time moves with a chmod too, so fixing the file's mode counts)."""
     if path is None or path == "-":
         return None
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _restart_notes(old: Config, new: Config) -> list[str]:

@@ -178,6 +178,12 @@ class AccountPoll:
                 result, more = PollResult(plan.status, plan.fetched), plan.more
             committed = True
             return result, more
+        except asyncio.CancelledError:
+            # a stopping run gave up on this poll: the thread may be stuck on the server,
+            # so do not wait for it (nothing unrecorded was deleted; see docs/design.md)
+            mailbox.abandon()
+            committed = True
+            raise
         finally:
             if not committed:
                 await mailbox.close()

@@ -36,9 +36,15 @@ def message(n: int, to: str = "bob") -> bytes:
 class Running:
     """A pyfetch process in the background, its stdout and stderr going to files."""
 
-    def __init__(self, home: Path, *args: str) -> None:
-        self.out = home / "stdout.txt"
-        self.err = home / "stderr.txt"
+    def __init__(
+        self, home: Path, *args: str, pidfile_option: bool = True, name: str = ""
+    ) -> None:
+        """With `pidfile_option`, the run's pidfile is private to the test (--pidfile); tests
+        of the lock itself set `set pidfile` in the rcfile instead, so that a plain `pyfetch`
+        finds it too. `name` tells apart the output files of several runs in one home."""
+        self.out = home / f"{name}stdout.txt"
+        self.err = home / f"{name}stderr.txt"
+        private = ["--pidfile", str(home / "pyfetch.pid")] if pidfile_option else []
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home),
@@ -48,7 +54,7 @@ class Running:
         }
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fetcher", *args, "--pidfile", str(home / "pyfetch.pid")],
+                [sys.executable, "-m", "fetcher", *args, *private],
                 env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
 
