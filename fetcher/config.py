@@ -106,10 +106,12 @@ class Environment:
 
     @property
     def default_pidfile(self) -> str:
-        if self.fetchmailhome:
-            return os.path.join(self.fetchmailhome, "fetchmail.pid")
+        """fetchmail's lock: root's is always /var/run/fetchmail.pid, $FETCHMAILHOME or not
+        (checked against 6.4.37), so that pyfetch and fetchmail find each other's."""
         if self.is_root:
             return "/var/run/fetchmail.pid"
+        if self.fetchmailhome:
+            return os.path.join(self.fetchmailhome, "fetchmail.pid")
         return os.path.join(self.home, ".fetchmail.pid")
 
     @property

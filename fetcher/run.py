@@ -329,6 +329,10 @@ class Run:
                     self.reporter.info(note)
                 if self.reporter.verbose and status not in (ExitCode.SUCCESS, ExitCode.NOMAIL):
                     self.reporter.info(f"Query status={int(status)} ({status.label})")
+        if self.store is not None and (self.daemon or mailbox.watched):
+            # A daemon or a watch runs for days: write .fetchids after each poll, as a
+            # fetchmail daemon does after each cycle, rather than let the journal grow.
+            await self.store.save()
         return status
 
     def _reschedule(
@@ -392,7 +396,7 @@ class Run:
                 stop.set()
             watch = FolderWatch(
                 mailbox.server, mailbox.user, mailbox.folder,
-                functools.partial(self._watched_poll, mailbox), self.reporter, stop,
+                functools.partial(self.poll, mailbox), self.reporter, stop,
                 make_connection=self.factories.watch, timing=self.factories.timing,
             )
             self._watching[name] = _Watching(watch, stop)
@@ -409,14 +413,6 @@ class Run:
                     self._gave_up[name] = mailbox.fingerprint
             self._changed.set()
         self._status[name] = outcome.status
-
-    async def _watched_poll(self, mailbox: Mailbox) -> ExitCode:
-        status = await self.poll(mailbox)
-        if self.store is not None:
-            # A watch runs for days: write .fetchids after each poll, as a fetchmail daemon
-            # does, rather than let the journal grow until the end.
-            await self.store.save()
-        return status
 
     # -- the configuration, and reading it again ---------------------------------------------
 

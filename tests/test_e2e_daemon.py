@@ -21,7 +21,7 @@ from fakes.pop3 import SILENT_GREETING, FakePop3Server
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
 from servers.smtp import SMTPServer
-from test_e2e_idle import DEADLINE, Running, message, subjects
+from test_e2e_idle import BOB, DEADLINE, Running, entry, message, subjects
 
 SOON = 8.0  # seconds: well under the mute server's timeout below, far over what a poll takes
 
@@ -95,12 +95,24 @@ def fake(server: FakePop3Server, smtpd: SMTPServer, user: str = "bob") -> str:
 
 
 def pyfetch(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return program(home, [sys.executable, "-m", "fetcher"], *args)
+
+
+def fetchmail(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real fetchmail, with the same home and rcfile (so the same `set pidfile`)."""
+    return program(home, ["fetchmail"], *args)
+
+
+def program(home: Path, command: list[str], *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C",
            "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "fetcher", *args], env=env, cwd=home, stdin=subprocess.DEVNULL,
+        [*command, *args], env=env, cwd=home, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, errors="replace", timeout=DEADLINE * 3, check=False,
     )
+
+
+ROOT_WARNING = "fetchmail: WARNING: Running as root is discouraged.\n"
 
 
 def read_pid(home: Path) -> int | None:
@@ -146,7 +158,7 @@ def test_daemon_polls_every_interval_until_q_stops_it(
     assert again.stderr == "pyfetch: no other pyfetch is running\n"
 
 
-def test_sigusr1_and_a_second_pyfetch_wake_a_sleeping_daemon(
+def test_sigusr1_sighup_and_a_second_pyfetch_wake_a_sleeping_daemon(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
     start: Callable[..., Running],
 ) -> None:
@@ -165,6 +177,11 @@ def test_sigusr1_and_a_second_pyfetch_wake_a_sleeping_daemon(
     assert woken.stderr == f"pyfetch: background pyfetch at {run.proc.pid} awakened.\n"
     run.wait_for("the poll a second pyfetch asks for", lambda: len(subjects(smtpd)) == 2)
     assert pyfetch(home, "-s").returncode == 0  # -v and -s alone still wake it
+
+    dovecot.seed("bob", [message(3)])
+    run.proc.send_signal(signal.SIGHUP)  # wakes a daemon too (it does not end it)
+    run.wait_for("the poll SIGHUP asks for", lambda: len(subjects(smtpd)) == 3)
+    assert "pyfetch: awakened by signal 1" in run.output()
 
     check = pyfetch(home, "-c")
     assert check.returncode == 8
@@ -349,3 +366,68 @@ def test_a_failing_server_is_said_once_and_polled_less_often(
         run.proc.send_signal(signal.SIGUSR1)  # a wake-up polls it at once, delays or not
         run.wait_for("the poll after the wake-up", lambda: failing.sessions > sessions)
         assert run.stop() == 0
+
+
+def test_pyfetch_wakes_and_stops_a_fetchmail_daemon_on_the_same_lock(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, need_fetchmail: None,
+) -> None:
+    write_rcfile(home, "set daemon 3600\n" + pop3(dovecot, test_ca, smtpd))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C"}
+    with (home / "fetchmail.out").open("wb") as out:
+        daemon = subprocess.Popen(["fetchmail", "-N"], env=env, cwd=home,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        wait_until("fetchmail's lock", lambda: read_pid(home) == daemon.pid)
+        dovecot.seed("bob", [message(1)])
+        woken = pyfetch(home)
+        assert woken.returncode == 0, woken.stderr
+        assert woken.stderr == f"pyfetch: background fetchmail at {daemon.pid} awakened.\n"
+        wait_until("fetchmail's poll", lambda: subjects(smtpd) == ["idle 1"])  # fetchmail's
+        stopped = pyfetch(home, "-q")
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stderr == f"pyfetch: background fetchmail at {daemon.pid} killed.\n"
+        assert daemon.wait(timeout=DEADLINE) == 0
+        assert not (home / "pyfetch.pid").exists()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+def test_fetchmail_wakes_and_stops_a_pyfetch_daemon_on_the_same_lock(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, need_fetchmail: None,
+    start: Callable[..., Running],
+) -> None:
+    write_rcfile(home, "set daemon 3600\n" + pop3(dovecot, test_ca, smtpd))
+    run = start("-N", "-v")
+    run.wait_for("the first poll", lambda: "sleeping at" in run.output())
+    dovecot.seed("bob", [message(1)])
+    woken = fetchmail(home)
+    assert woken.returncode == 0, woken.stderr
+    assert woken.stderr.removeprefix(ROOT_WARNING) == (
+        f"fetchmail: background fetchmail at {run.proc.pid} awakened.\n"
+    )
+    run.wait_for("pyfetch's poll", lambda: subjects(smtpd) == ["idle 1"])
+    polling = fetchmail(home, "-c")  # a fetchmail never polls beside it
+    assert polling.returncode == 8
+    stopped = fetchmail(home, "-q")
+    assert stopped.returncode == 0, stopped.stderr
+    assert run.proc.wait(timeout=DEADLINE) == 0
+    assert not (home / "pyfetch.pid").exists()
+
+
+def test_idle_watches_and_timed_polls_live_in_one_daemon(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    dovecot.add_user("carol", "secret2")
+    write_rcfile(home, entry(dovecot, test_ca, smtpd, BOB)
+                 + pop3(dovecot, test_ca, smtpd, "carol", "secret2"))
+    run = start("-d", "1", "-N", "-v")
+    run.wait_for("the watch", lambda: "watching INBOX of bob@mail.isp.net (IDLE)" in run.output())
+    dovecot.seed("bob", [message(1)])  # heard in IDLE
+    dovecot.seed("carol", [message(2, "carol")])  # found by the next timed poll
+    run.wait_for("both", lambda: sorted(subjects(smtpd)) == ["idle 1", "idle 2"])
+    assert pyfetch(home).returncode == 0  # one lock for the whole run
+    assert pyfetch(home, "-q").returncode == 0
+    assert run.proc.wait(timeout=DEADLINE) == 0

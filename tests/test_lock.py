@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
+from fetcher.config import Environment
 from fetcher.errors import LocalError
 from fetcher.exitcodes import ExitCode
 from fetcher.lock import (
@@ -476,3 +477,19 @@ def test_of_eight_runs_racing_for_a_stale_file_one_wins(
     assert errors.count(f"another foreground pyfetch is running at {winner.pid}.\n") == 7
     assert all(racer.returncode == 0 for racer in racers)
     assert not pidfile.exists()
+
+
+@pytest.mark.parametrize(
+    ("fetchmailhome", "is_root", "expected"),
+    [
+        (None, False, "/home/bob/.fetchmail.pid"),
+        ("/srv/fm", False, "/srv/fm/fetchmail.pid"),
+        (None, True, "/var/run/fetchmail.pid"),
+        ("/srv/fm", True, "/var/run/fetchmail.pid"),  # fetchmail 6.4.37 ignores it for root
+    ],
+)
+def test_the_default_pidfile_is_fetchmails(
+    fetchmailhome: str | None, is_root: bool, expected: str
+) -> None:
+    env = Environment(user="bob", home="/home/bob", fetchmailhome=fetchmailhome, is_root=is_root)
+    assert env.default_pidfile == expected
