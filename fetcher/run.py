@@ -263,8 +263,8 @@ class Run:
                 task = self._group.create_task(self.poll(self._mailboxes[name], timed=True))
                 self._timed.add(task)
                 task.add_done_callback(self._timed_done)
-            if not self.daemon and not self._timed and not self._next_poll and not self._watching:
-                return  # a single run: everything polled, nothing watched
+            if not self._timed and not self._next_poll and not self._watching:
+                return  # everything polled once (a single run), or every watch gave up
             timeout = self._next_wait(loop.time())
             if self.daemon and not self._timed and not asleep and timeout is not None:
                 asleep = True
@@ -445,8 +445,11 @@ class Run:
         self._start_watches()
 
     async def _maybe_reload(self) -> None:
-        """Read the rcfile again if it changed since it was last read."""
+        """Read the rcfile again if it changed since it was last read (a daemon, or a run
+        with IDLE watches: a single run polls with what it read at the start)."""
         if self.reload is None or self.config.rcfile is None:
+            return
+        if not self.daemon and not self._watching:
             return
         stamp = _stamp(self.config.rcfile)
         if stamp == self._rcfile_stamp:

@@ -122,6 +122,18 @@ def read_pid(home: Path) -> int | None:
         return None
 
 
+def sleeping_daemon(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> Running:
+    """A pyfetch daemon in the foreground (`set daemon 3600`, -N -v) for bob, once its first
+    poll is done: from then on only a wake-up makes it poll again."""
+    write_rcfile(home, "set daemon 3600\n" + pop3(dovecot, test_ca, smtpd))
+    run = start("-N", "-v")
+    run.wait_for("the first poll", lambda: "sleeping at" in run.output())
+    return run
+
+
 def wait_until(what: str, condition: Callable[[], bool], deadline: float = DEADLINE) -> None:
     end = time.monotonic() + deadline
     while not condition():
@@ -162,10 +174,7 @@ def test_sigusr1_sighup_and_a_second_pyfetch_wake_a_sleeping_daemon(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
     start: Callable[..., Running],
 ) -> None:
-    write_rcfile(home, "set daemon 3600\n" + pop3(dovecot, test_ca, smtpd))
-    run = start("-N", "-v")
-    run.wait_for("the first poll", lambda: "sleeping at" in run.output())
-
+    run = sleeping_daemon(home, dovecot, test_ca, smtpd, start)
     dovecot.seed("bob", [message(1)])
     run.proc.send_signal(signal.SIGUSR1)
     run.wait_for("the poll SIGUSR1 asks for", lambda: subjects(smtpd) == ["idle 1"])
@@ -398,9 +407,7 @@ def test_fetchmail_wakes_and_stops_a_pyfetch_daemon_on_the_same_lock(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, need_fetchmail: None,
     start: Callable[..., Running],
 ) -> None:
-    write_rcfile(home, "set daemon 3600\n" + pop3(dovecot, test_ca, smtpd))
-    run = start("-N", "-v")
-    run.wait_for("the first poll", lambda: "sleeping at" in run.output())
+    run = sleeping_daemon(home, dovecot, test_ca, smtpd, start)
     dovecot.seed("bob", [message(1)])
     woken = fetchmail(home)
     assert woken.returncode == 0, woken.stderr
@@ -431,3 +438,14 @@ def test_idle_watches_and_timed_polls_live_in_one_daemon(
     assert pyfetch(home).returncode == 0  # one lock for the whole run
     assert pyfetch(home, "-q").returncode == 0
     assert run.proc.wait(timeout=DEADLINE) == 0
+
+
+def test_a_daemon_whose_every_watch_gave_up_ends_with_their_status(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    write_rcfile(home, entry(dovecot, test_ca, smtpd, BOB.replace("hidden", "wrong")))
+    run = start("-d", "1", "-N")
+    assert run.proc.wait(timeout=DEADLINE) == 3, run.output()  # rather than idle for ever
+    assert "pyfetch: no longer watching INBOX of bob@mail.isp.net" in run.output()
+    assert not (home / "pyfetch.pid").exists()
