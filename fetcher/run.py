@@ -14,8 +14,9 @@ decided by fetcher.schedule; one poll of one folder is fetcher.session's Account
   hold is lost: an unrecorded message stays on the server). A second signal gives up at once.
 - SIGUSR1 (and SIGHUP in a daemon) polls everything now: timed mailboxes whatever their
   delays, and every watched folder.
-- In a daemon, and while IDLE watches run, the rcfile is looked at before each poll cycle;
-  when it changed it is read again (fetcher.reload decides what that changes).
+- In a daemon, and while IDLE watches run, the rcfile is looked at each time the timer wakes;
+  when it changed it is read again: new and changed mailboxes are polled (or watched) at once,
+  unchanged ones keep their schedule, and an rcfile that does not read changes nothing.
 """
 
 from __future__ import annotations

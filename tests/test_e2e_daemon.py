@@ -84,11 +84,11 @@ def pop3(dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, user: str = "bob"
     )
 
 
-def fake(server: FakePop3Server, smtpd: SMTPServer, user: str = "bob") -> str:
+def fake(server: FakePop3Server, smtpd: SMTPServer, user: str = "bob", timeout: int = 20) -> str:
     """A poll entry for a scripted server (plain POP3, a short timeout)."""
     host, port = smtpd.address
     return (
-        f"poll fake.isp.net via 127.0.0.1 service {server.port} proto pop3 timeout 20\n"
+        f"poll fake.isp.net via 127.0.0.1 service {server.port} proto pop3 timeout {timeout}\n"
         f"  user {user} there is {user} here password secret sslproto '' "
         f"smtphost {host}/{port}\n"
     )
@@ -449,3 +449,55 @@ def test_a_daemon_whose_every_watch_gave_up_ends_with_their_status(
     assert run.proc.wait(timeout=DEADLINE) == 3, run.output()  # rather than idle for ever
     assert "pyfetch: no longer watching INBOX of bob@mail.isp.net" in run.output()
     assert not (home / "pyfetch.pid").exists()
+
+
+def test_accounts_polled_side_by_side_write_their_lines_whole(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+) -> None:
+    dovecot.add_user("carol", "secret2")
+    dovecot.seed("bob", [message(n) for n in range(5)])
+    dovecot.seed("carol", [message(n, "carol") for n in range(5, 10)])
+    write_rcfile(home, pop3(dovecot, test_ca, smtpd)
+                 + pop3(dovecot, test_ca, smtpd, "carol", "secret2"))
+    result = pyfetch(home, "-v")
+    assert result.returncode == 0, result.stderr
+    assert len(subjects(smtpd)) == 10
+    lines = result.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.endswith(": poll started")]
+    ends = [i for i, line in enumerate(lines) if line.endswith(": poll completed")]
+    assert len(starts) == len(ends) == 2
+    bob, carol = lines[starts[0] : ends[0] + 1], lines[starts[1] : ends[1] + 1]
+    assert "querying bob.isp.net" in bob[0] and "querying carol.isp.net" in carol[0]
+    assert ends[0] < starts[1]  # one block after the other, in rcfile order
+    assert sum("reading message bob@" in line for line in bob) == 5
+    assert not any("carol" in line for line in bob)
+    assert sum("reading message carol@" in line for line in carol) == 5
+
+
+def test_parallel_1_polls_one_account_after_the_other(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    dovecot.seed("bob", [message(1)])
+    with FakePop3Server(silent=[SILENT_GREETING]) as mute:
+        write_rcfile(home, fake(mute, smtpd, "dave", timeout=2) + pop3(dovecot, test_ca, smtpd))
+        run = start("--parallel", "1")
+        run.wait_for("bob's mail", lambda: subjects(smtpd) == ["idle 1"])
+        # bob's poll began only once the first one had given up on its server
+        assert "timeout after 2 seconds waiting for server fake.isp.net" in run.err.read_text()
+        assert run.proc.wait(timeout=DEADLINE) == 0
+
+
+def test_silent_daemon_says_nothing_but_errors(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
+    start: Callable[..., Running],
+) -> None:
+    dovecot.seed("bob", [message(1)])
+    with FakePop3Server(greeting="-ERR come back tomorrow") as failing:
+        write_rcfile(home, fake(failing, smtpd) + pop3(dovecot, test_ca, smtpd))
+        run = start("-d", "1", "-N", "-s")
+        run.wait_for("bob's mail", lambda: subjects(smtpd) == ["idle 1"])
+        run.wait_for("a second poll of the failing server", lambda: failing.sessions >= 2)
+        assert run.stop() == 0
+    assert run.out.read_text() == ""
+    assert "come back tomorrow" in run.err.read_text()
