@@ -84,11 +84,15 @@ def pop3(dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, user: str = "bob"
     )
 
 
-def fake(server: FakePop3Server, smtpd: SMTPServer, user: str = "bob", timeout: int = 20) -> str:
+def fake(
+    server: FakePop3Server, smtpd: SMTPServer, user: str = "bob", timeout: int = 20,
+    options: str = "",
+) -> str:
     """A poll entry for a scripted server (plain POP3, a short timeout)."""
     host, port = smtpd.address
     return (
-        f"poll fake.isp.net via 127.0.0.1 service {server.port} proto pop3 timeout {timeout}\n"
+        f"poll fake.isp.net via 127.0.0.1 service {server.port} proto pop3 timeout {timeout} "
+        f"{options}\n"
         f"  user {user} there is {user} here password secret sslproto '' "
         f"smtphost {host}/{port}\n"
     )
@@ -501,3 +505,15 @@ def test_silent_daemon_says_nothing_but_errors(
         assert run.stop() == 0
     assert run.out.read_text() == ""
     assert "come back tomorrow" in run.err.read_text()
+
+
+def test_a_servers_interval_polls_it_every_nth_time(
+    home: Path, smtpd: SMTPServer, start: Callable[..., Running],
+) -> None:
+    with FakePop3Server() as every, FakePop3Server() as third:
+        write_rcfile(home, fake(every, smtpd) + fake(third, smtpd, options="interval 3")
+                     .replace("fake.isp.net", "third.isp.net"))
+        run = start("-d", "1", "-N")
+        run.wait_for("seven polls of the first server", lambda: every.sessions >= 7)
+        assert run.stop() == 1
+    assert 2 <= third.sessions <= 3  # at 0 s, 3 s (and 6 s), not every second
