@@ -127,6 +127,7 @@ def write_rcfile(home: Path, dovecot: Dovecot, ca: TestCA, smtpd: SMTPServer,
     host, port = smtpd.address
     rc = home / ".fetchmailrc"
     rc.write_text(
+        f"set pidfile {home / 'lock.pid'}\n"  # its own lock: leave other runs alone
         f"poll mail.isp.net via 127.0.0.1 service {dovecot.ports['imap']} proto imap\n"
         f"  user bob there is bob here password {PASSWORD} idle folder {' '.join(folders)}\n"
         f"  sslcertfile {ca.ca_cert} sslcertck sslcommonname localhost smtphost {host}/{port}\n"

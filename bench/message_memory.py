@@ -97,7 +97,8 @@ def run_once(
         leftover.unlink(missing_ok=True)
     dovecot.seed("bob", [sent])
     rcfile = home / ".fetchmailrc"
-    rcfile.write_text(rc)
+    # a lock of its own: a fetchmail (or pyfetch) running on this machine is left alone
+    rcfile.write_text(f"set pidfile {home / 'lock.pid'}\n" + rc)
     rcfile.chmod(0o600)
     report = home / "time.out"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "PYTHONPATH": str(ROOT)}

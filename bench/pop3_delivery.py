@@ -48,7 +48,8 @@ def run_once(
     postfix.reset()
     dovecot.seed("bob", messages)
     rcfile = home / ".fetchmailrc"
-    rcfile.write_text(rc)
+    # a lock of its own: a fetchmail (or pyfetch) running on this machine is left alone
+    rcfile.write_text(f"set pidfile {home / 'lock.pid'}\n" + rc)
     rcfile.chmod(0o600)
     for leftover in (home / ".fetchids", home / ".fetchids.journal"):
         leftover.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from fetcher import lock, rcfile, tomlconfig
+from fetcher import lock, rcfile, tomlconfig, trace
 from fetcher.config import Config, Environment, Overrides, build
 from fetcher.configdump import configdump_json
 from fetcher.credentials import resolve_passwords
@@ -24,7 +24,7 @@ from fetcher.features import unsupported
 from fetcher.gcpause import paused_gc
 from fetcher.options import HELP_TEXT, CommandLine, UsageError, parse_args
 from fetcher.report import Reporter
-from fetcher.run import DEFAULT_PARALLEL, Run, setup_trace
+from fetcher.run import DEFAULT_PARALLEL, Run
 
 PROG = "pyfetch"
 
@@ -94,7 +94,7 @@ def run(cmd: CommandLine) -> ExitCode:
         if interval and not cmd.nodetach:
             detach(claimed, interval, config.globals.logfile)
         reporter = Reporter(verbose=cmd.verbose, silent=cmd.silent, daemon=interval > 0)
-        setup_trace(cmd.verbose, reporter)
+        trace.setup(cmd.verbose, reporter.console)
         return Run(
             config, reporter, check_only=cmd.check,
             parallel=cmd.parallel or DEFAULT_PARALLEL,

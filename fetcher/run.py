@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import logging
 import os
 import signal
 import sys
@@ -500,27 +499,3 @@ async def _wait_any(events: list[asyncio.Event], timeout: float | None) -> None:
     finally:
         for wait in waits:
             wait.cancel()
-
-
-def setup_trace(verbose: int, reporter: Reporter) -> None:
-    """-v shows the protocol dialogue on stdout, prefixed as fetchmail prefixes it, through the
-    run's console (so that it stays with its poll's other lines)."""
-    from fetcher.trace import TRACE_LOGGER
-
-    log = logging.getLogger(TRACE_LOGGER)
-    log.handlers.clear()
-    log.propagate = False
-    if verbose:
-        log.addHandler(_ConsoleHandler(reporter))
-        log.setLevel(logging.INFO)
-    else:
-        log.setLevel(logging.WARNING)
-
-
-class _ConsoleHandler(logging.Handler):
-    def __init__(self, reporter: Reporter) -> None:
-        super().__init__()
-        self.reporter = reporter
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.reporter.console.write("out", f"pyfetch: {record.getMessage()}\n")

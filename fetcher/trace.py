@@ -9,8 +9,31 @@ from __future__ import annotations
 
 import logging
 
+from fetcher.console import Console
+
 TRACE_LOGGER = "pyfetch.trace"
 _log = logging.getLogger(TRACE_LOGGER)
+
+
+def setup(verbose: int, console: Console) -> None:
+    """-v shows the dialogue on stdout, prefixed as fetchmail prefixes it, through the run's
+    console (so that a poll's trace stays with its other lines)."""
+    _log.handlers.clear()
+    _log.propagate = False
+    if verbose:
+        _log.addHandler(_ConsoleHandler(console))
+        _log.setLevel(logging.INFO)
+    else:
+        _log.setLevel(logging.WARNING)
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.write("out", f"pyfetch: {record.getMessage()}\n")
 
 
 def enabled() -> bool:
