@@ -4,18 +4,22 @@ outcome leads to (the h11 idea: all the rules in one module, tested with tables)
 fetchmail's rules, with one deliberate improvement: a message whose UID is recorded as
 delivered but which is still on the server (the run was killed between the MTA's 250 and the
 POP3 QUIT that makes DELE final) is deleted without being delivered again, where fetchmail
-would deliver it a second time.
+would deliver it a second time. Servers repeat and reuse UIDs, so such a message is first
+fetched and compared with what the record says of it (size, digest): only the very message
+is deleted; anything else is delivered as new (docs/design.md, rule 8).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Set
+from collections import Counter
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from fetcher.drivers.base import MessageInfo
 from fetcher.exitcodes import ExitCode
 from fetcher.sinks.base import Delivery, Outcome
+from fetcher.uidstore import Identity
 
 
 class Action(enum.Enum):
@@ -24,7 +28,8 @@ class Action(enum.Enum):
     SKIP_OVERSIZED = "oversized"  # over `limit`; never marked seen, so it is reported each poll
     FLUSH = "flush"  # `flush`: a seen message is deleted without fetching
     FLUSH_OVERSIZED = "limitflush"  # `limitflush`: an oversized message is deleted
-    DELETE_DELIVERED = "delivered"  # delivered by an earlier run whose QUIT never happened
+    # delivered by an earlier run whose QUIT never happened: deleted once it proves the same
+    DELETE_DELIVERED = "delivered"
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,14 @@ class Policy:
 class Decision:
     message: MessageInfo
     action: Action
+    expect: Identity | None = None  # DELETE_DELIVERED: what the message must prove to be
 
 
 def plan_mailbox(
     listing: Iterable[MessageInfo],
     seen: Set[str],
     policy: Policy,
-    delivered: Set[str] = frozenset(),
+    delivered: Mapping[str, Identity | None] | None = None,
     *,
     server_flags: bool = True,
 ) -> list[Decision]:
@@ -67,17 +73,30 @@ def plan_mailbox(
 
     `seen` holds the UIDs recorded as fetched for this account (fetchmail's .fetchids);
     `delivered` those of messages an earlier run delivered and meant to delete, but whose
-    deletion the server never confirmed. With `server_flags` off, a message the server
-    flags as read (IMAP \\Seen) is new unless `seen` has it: another client may have read it.
+    deletion the server never confirmed, with what identifies each. With `server_flags` off, a
+    message the server flags as read (IMAP \\Seen) is new unless `seen` has it: another client
+    may have read it.
+
+    A UID the listing gives to more than one message names none of them: they are handled as
+    if the server had no UIDs (a record could otherwise skip or delete the wrong one). So is a
+    UID recorded as delivered whose message no longer has the recorded size: the server reused
+    it for another message.
     """
+    delivered = delivered or {}
+    listing = list(listing)
+    repeated = {uid for uid, n in Counter(m.uid for m in listing).items() if n > 1}
     decisions: list[Decision] = []
     for message in listing:
-        uid = message.uid
+        uid = message.uid if message.uid not in repeated else None
+        expect = delivered.get(uid) if uid is not None else None
+        if uid is not None and uid in delivered and (expect is None or expect.size != message.size):
+            uid = None  # recorded for another message, or without what would prove it the same
         known = (uid is not None and uid in seen) or (server_flags and message.seen)
         oversized = policy.limit > 0 and message.size > policy.limit
-        if uid is not None and uid in delivered and not policy.keep:
-            action = Action.DELETE_DELIVERED
-        elif known and not policy.fetchall:
+        if uid is not None and expect is not None and not policy.keep:
+            decisions.append(Decision(message, Action.DELETE_DELIVERED, expect))
+            continue
+        if known and not policy.fetchall:
             action = Action.FLUSH if policy.flush else Action.SKIP_SEEN
         elif oversized:
             action = Action.FLUSH_OVERSIZED if policy.limitflush else Action.SKIP_OVERSIZED
@@ -171,10 +190,20 @@ class Fetch:
 
 @dataclass(frozen=True)
 class Remove:
-    """Delete the message without fetching it (flush, limitflush, delivered before)."""
+    """Delete the message without fetching it (flush, limitflush)."""
 
     message: MessageInfo
     reason: str  # for the `skipping message ... flushed` line; "" for a plain flush
+
+
+@dataclass(frozen=True)
+class Verify:
+    """A message delivered by an earlier run: fetch it and compare it with `expect`. The same
+    message is deleted without delivering it again (then report `verified(True)`); any other
+    is delivered as new (`verified(False)`)."""
+
+    message: MessageInfo
+    expect: Identity
 
 
 @dataclass(frozen=True)
@@ -201,13 +230,10 @@ class FetchlimitReached:
     left: int  # messages that would have been fetched
 
 
-Command = Fetch | Remove | Skip | Expunge | Relogin | FetchlimitReached
+Command = Fetch | Remove | Verify | Skip | Expunge | Relogin | FetchlimitReached
 
-_REMOVE_REASONS = {
-    Action.FLUSH: "",
-    Action.FLUSH_OVERSIZED: "oversized",
-    Action.DELETE_DELIVERED: "delivered before",
-}
+_REMOVE_REASONS = {Action.FLUSH: "", Action.FLUSH_OVERSIZED: "oversized"}
+_WORK = frozenset({Action.FETCH, Action.DELETE_DELIVERED, *_REMOVE_REASONS})
 
 
 class SessionPlan:
@@ -262,11 +288,20 @@ class SessionPlan:
                     self.status = ExitCode.SUCCESS
                 return Fetch(message)
             self._index += 1
+            if action is Action.DELETE_DELIVERED and decision.expect is not None:
+                return Verify(message, decision.expect)
             if action in _REMOVE_REASONS:
                 return Remove(message, _REMOVE_REASONS[action])
             if action is Action.SKIP_OVERSIZED:
                 return Skip(message, "oversized")
         return None
+
+    def verified(self, same: bool) -> None:
+        """The outcome of a Verify: not the same message means it is delivered, a fetch."""
+        if not same:
+            self.fetched += 1
+            if self.status is ExitCode.NOMAIL:
+                self.status = ExitCode.SUCCESS
 
     def deleted(self, message: MessageInfo) -> None:
         """The server took the deletion of `message` (not yet final until expunge or QUIT)."""
@@ -288,10 +323,7 @@ class SessionPlan:
         """`expunge N`: after every N deletions, if anything is left that fetches or deletes."""
         if not self.expunge_every or self._deleted_since_expunge < self.expunge_every:
             return False
-        return any(
-            d.action is Action.FETCH or d.action in _REMOVE_REASONS
-            for d in self.decisions[self._index :]
-        )
+        return any(d.action in _WORK for d in self.decisions[self._index :])
 
 
 def combine_sessions(so_far: ExitCode, session: ExitCode) -> ExitCode:

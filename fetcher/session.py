@@ -38,6 +38,7 @@ from fetcher.plan import (
     Remove,
     SessionPlan,
     Skip,
+    Verify,
     after_delivery,
     combine_sessions,
     count_new,
@@ -46,7 +47,7 @@ from fetcher.plan import (
 from fetcher.report import Reporter
 from fetcher.sinks.base import Delivery, Envelope, Outcome, Sink
 from fetcher.sinks.smtp import SmtpSink
-from fetcher.uidstore import StoreService, account_key
+from fetcher.uidstore import Identity, StoreService, account_key
 from fetcher.worker import Worker
 
 # Messages up to this size stay in memory while they pass through; larger ones go to a
@@ -265,13 +266,9 @@ class AccountPoll:
         while not self.stopping.is_set() and (command := plan.next()) is not None:
             match command:
                 case Fetch(message=info):
-                    flushed, header_octets = await self._fetch(mailbox, plan, info)
-                    # fetchmail names the message by the server's true name, the count by
-                    # poll name
-                    report.message_read(
-                        user.remote, server.queryname, info.shown_as, total, info.size,
-                        flushed=flushed, header_octets=header_octets,
-                    )
+                    await self._fetch(mailbox, plan, info, total)
+                case Verify(message=info, expect=expect):
+                    await self._fetch(mailbox, plan, info, total, expect=expect)
                 case Remove(message=info, reason=reason):
                     await self._delete(mailbox, plan, info)
                     report.message_skipped(
@@ -293,12 +290,25 @@ class AccountPoll:
                     report.fetchlimit_reached(limit, left, server.pollname, user.remote)
 
     async def _fetch(
-        self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo
-    ) -> tuple[bool, int | None]:
-        """Fetch, deliver, record, then delete or mark: (whether it was deleted, the IMAP
-        header size for the progress line)."""
+        self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo, total: int,
+        *, expect: Identity | None = None,
+    ) -> None:
+        """Fetch, deliver, record, then delete or mark, and say so. With `expect` (a message
+        an earlier run delivered): if it is that very message, delete it without delivering it
+        again; otherwise it is new."""
+        user, server = self.user, self.server
         with _spool() as spool:
             await mailbox.retrieve(info.number, spool, peek=self.policy.peek)
+            identity = Identity.of(info.size, spool)
+            if expect is not None:
+                plan.verified(identity == expect)
+                if identity == expect:
+                    await self._delete(mailbox, plan, info)
+                    self.reporter.message_skipped(
+                        user.remote, server.queryname, info.shown_as, info.size,
+                        "delivered before", flushed=True,
+                    )
+                    return
             self.in_delivery = True
             try:
                 got = await self._deliver(spool, mailbox)
@@ -308,7 +318,8 @@ class AccountPoll:
                 if step.record is not Record.NOTHING and info.uid is not None and self.store:
                     # durable before the DELE: a crash from here on delivers nothing twice
                     await self.store.record(
-                        self.key, info.uid, delete_pending=step.record is Record.DELIVERED
+                        self.key, info.uid, delete_pending=step.record is Record.DELIVERED,
+                        identity=identity,
                     )
             finally:
                 self.in_delivery = False
@@ -317,7 +328,11 @@ class AccountPoll:
             flushed = await self._delete(mailbox, plan, info)
         elif step.on_server is OnServer.MARK_SEEN:
             await mailbox.mark_seen(info.number)
-        return flushed, got.header_octets
+        # fetchmail names the message by the server's true name, the count by poll name
+        self.reporter.message_read(
+            user.remote, server.queryname, info.shown_as, total, info.size,
+            flushed=flushed, header_octets=got.header_octets,
+        )
 
     async def _delete(self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo) -> bool:
         """Delete on the server; a refusal (IMAP NO on STORE) is reported and the poll goes on

@@ -12,25 +12,71 @@ replayed on the next start. So a crash at any instant re-delivers nothing:
 * `delivered` UIDs are messages handed to the MTA whose deletion the server has not yet
   confirmed (POP3 makes DELE final only at QUIT). They are also written to the file as seen,
   so that fetchmail, too, would not deliver them again.
+
+A `delivered` record deletes a message later without delivering it again, so it must never
+match another message: servers repeat and reuse UIDs. It carries the message's size and a
+digest of its first octets (`Identity`), and the poll deletes only a message that has all
+three; when in doubt (a record without them, a UID the server gives to several messages) the
+message is delivered again rather than deleted (docs/design.md, rule 8).
+
+The journal is trusted only as the idfile is (private, ours, not a link), and a write that
+does not reach the disk whole stops the poll before any deletion.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
+from fetcher.errors import LocalError, PermissionsError
+from fetcher.exitcodes import ExitCode
 from fetcher.rcfile import check_permissions
 from fetcher.worker import Worker
 
 _JOURNAL_SUFFIX = ".journal"
+# How much of a message its digest covers: the header and the start of the body tell two
+# messages apart (Message-ID, Received lines with times), and hashing more costs for nothing.
+DIGEST_OCTETS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What, besides its UID, tells that a message on the server is the one a record names."""
+
+    size: int  # octets, as the server lists it
+    digest: str  # of its first DIGEST_OCTETS octets as fetched
+
+    @classmethod
+    def of(cls, size: int, spool: BinaryIO) -> Identity:
+        """The identity of the message in `spool` (read from its start; left at its start)."""
+        spool.seek(0)
+        digest = hashlib.sha256(spool.read(DIGEST_OCTETS)).hexdigest()[:32]
+        spool.seek(0)
+        return cls(size, digest)
+
+    def __str__(self) -> str:
+        return f"{self.size} {self.digest}"
+
+    @classmethod
+    def parse(cls, text: str) -> Identity | None:
+        size, _, digest = text.partition(" ")
+        if not size.isdigit() or len(digest) != 32 or " " in digest:
+            return None
+        return cls(int(size), digest)
 
 
 @dataclass
 class _Account:
     seen: set[str] = field(default_factory=set)
-    delivered: set[str] = field(default_factory=set)
+    # delivered, deletion unconfirmed; None: recorded without an identity (by an older pyfetch)
+    delivered: dict[str, Identity | None] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # file order, for stable rewrites
 
 
@@ -67,7 +113,7 @@ class UidStore:
     # -- loading -----------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the file and replay the journal. The file must be private (exit 6)."""
+        """Read the file and replay the journal. Both must be private and ours (exit 6)."""
         check_permissions(self.path)
         for line in _read_lines(self.path):
             parsed = _split(line)
@@ -75,7 +121,8 @@ class UidStore:
                 self._foreign.append(line)
                 continue
             key, uid = parsed
-            self._add(key, uid, delivered=False)
+            self._add(key, uid)
+        check_permissions(self.journal_path)
         for line in _read_lines(self.journal_path):
             kind, _, rest = line.partition(" ")
             parsed = _split(rest)
@@ -83,25 +130,28 @@ class UidStore:
                 continue  # a torn last line from a crash: nothing was deleted for it yet
             key, uid = parsed
             if kind == "delivered":
-                self._add(key, uid, delivered=True)
+                uid, identity = _split_identity(uid)
+                self._add(key, uid, delivered=True, identity=identity)
             elif kind == "seen":
-                self._add(key, uid, delivered=False)
+                self._add(key, uid)
             elif kind == "expunged":
                 self._remove(key, uid)
 
-    def _add(self, key: str, uid: str, *, delivered: bool) -> None:
+    def _add(
+        self, key: str, uid: str, *, delivered: bool = False, identity: Identity | None = None
+    ) -> None:
         account = self._accounts.setdefault(key, _Account())
         if uid not in account.seen:
             account.seen.add(uid)
             account.order.append(uid)
         if delivered:
-            account.delivered.add(uid)
+            account.delivered[uid] = identity
 
     def _remove(self, key: str, uid: str) -> None:
         account = self._accounts.get(key)
         if account is not None:
             account.seen.discard(uid)
-            account.delivered.discard(uid)
+            account.delivered.pop(uid, None)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -109,9 +159,10 @@ class UidStore:
         account = self._accounts.get(key)
         return frozenset(account.seen) if account else frozenset()
 
-    def delivered(self, key: str) -> frozenset[str]:
+    def delivered(self, key: str) -> Mapping[str, Identity | None]:
+        """UIDs delivered whose deletion is unconfirmed, with what identifies their message."""
         account = self._accounts.get(key)
-        return frozenset(account.delivered) if account else frozenset()
+        return dict(account.delivered) if account else {}
 
     def knows(self, key: str) -> bool:
         """Whether any UID is recorded for `key`."""
@@ -123,11 +174,15 @@ class UidStore:
 
     # -- changes (each durable before it returns) ----------------------------------------
 
-    def record(self, key: str, uid: str, *, delete_pending: bool) -> None:
-        """A message was accepted by the MTA. Durable before returning: call it before DELE."""
-        kind = "delivered" if delete_pending else "seen"
-        self._append(f"{kind} {key} {uid}\n")
-        self._add(key, uid, delivered=delete_pending)
+    def record(
+        self, key: str, uid: str, *, delete_pending: bool, identity: Identity | None = None
+    ) -> None:
+        """A message was accepted by the MTA. Durable before returning: call it before DELE.
+        A pending deletion should carry the message's identity, or a later poll that finds it
+        still on the server delivers it again rather than delete it unseen."""
+        line = _delivered_line(key, uid, identity) if delete_pending else f"seen {key} {uid}"
+        self._append(line + "\n")
+        self._add(key, uid, delivered=delete_pending, identity=identity)
 
     def record_seen(self, key: str, uids: set[str]) -> None:
         """Several messages count as fetched (kept) from now on; durable, with one sync."""
@@ -135,7 +190,7 @@ class UidStore:
             return
         self._append("".join(f"seen {key} {uid}\n" for uid in sorted(uids)))
         for uid in sorted(uids):
-            self._add(key, uid, delivered=False)
+            self._add(key, uid)
 
     def expunged(self, key: str, uids: set[str]) -> None:
         """The server confirmed these deletions (POP3 QUIT answered +OK)."""
@@ -159,12 +214,19 @@ class UidStore:
             self.expunged(key, set(account.seen))
 
     def _append(self, text: str) -> None:
-        if self._journal is None:
-            self._journal = os.open(
-                self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
-            )
-        os.write(self._journal, text.encode("utf-8", "surrogateescape"))
-        os.fsync(self._journal)
+        """Append to the journal and fsync; raises LocalError (exit 6) unless all of it is
+        on disk, so that no deletion follows a record that did not reach it."""
+        data = text.encode("utf-8", "surrogateescape")
+        try:
+            if self._journal is None:
+                self._journal = _open_private(self.journal_path)
+            written = 0
+            while written < len(data):  # os.write may write less than asked (a full disk)
+                written += os.write(self._journal, data[written:])
+            os.fsync(self._journal)
+        except OSError as err:
+            self.close()  # the next record opens it again
+            raise _unwritable(self.journal_path, err) from None
 
     def save(self) -> None:
         """Rewrite fetchmail's file atomically (temporary file, fsync, rename), then drop the
@@ -173,20 +235,23 @@ class UidStore:
         for key, account in self._accounts.items():
             lines.extend(f"{key} {uid}" for uid in account.order if uid in account.seen)
         pending = [
-            f"delivered {key} {uid}"
+            _delivered_line(key, uid, account.delivered[uid])
             for key, account in self._accounts.items()
             for uid in account.order
             if uid in account.delivered
         ]
-        if lines:
-            _atomic_write(self.path, "".join(line + "\n" for line in lines))
-        elif os.path.exists(self.path):
-            os.unlink(self.path)
-        self.close()
-        if pending:  # deletions still unconfirmed stay in the journal for the next run
-            _atomic_write(self.journal_path, "".join(line + "\n" for line in pending))
-        elif os.path.exists(self.journal_path):
-            os.unlink(self.journal_path)
+        try:
+            if lines:
+                _atomic_write(self.path, "".join(line + "\n" for line in lines))
+            else:
+                _remove(self.path)
+            self.close()
+            if pending:  # deletions still unconfirmed stay in the journal for the next run
+                _atomic_write(self.journal_path, "".join(line + "\n" for line in pending))
+            else:
+                _remove(self.journal_path)
+        except OSError as err:
+            raise _unwritable(err.filename or self.path, err) from None
 
     def close(self) -> None:
         if self._journal is not None:
@@ -194,12 +259,68 @@ class UidStore:
             self._journal = None
 
 
+def _split_identity(value: str) -> tuple[str, Identity | None]:
+    """`UID SIZE DIGEST` -> (UID, identity); a line without them (an older pyfetch's) is all
+    UID. UIDs may hold spaces in fetchmail's file, so the identity is taken from the end."""
+    parts = value.rsplit(" ", 2)
+    if len(parts) == 3:
+        identity = Identity.parse(f"{parts[1]} {parts[2]}")
+        if identity is not None:
+            return parts[0], identity
+    return value, None
+
+
+def _delivered_line(key: str, uid: str, identity: Identity | None) -> str:
+    """A journal line for a delivered message whose deletion is not yet confirmed."""
+    return f"delivered {key} {uid}" + (f" {identity}" if identity is not None else "")
+
+
 def _read_lines(path: str) -> list[str]:
+    """The file's non-blank lines; none if it does not exist. A link is not followed: a state
+    file is trusted only as itself (docs/design.md, rule 10)."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-            return [line.rstrip("\n") for line in handle if line.strip()]
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return []
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise PermissionsError(f"File {path} must be a regular file.") from None
+        raise _unwritable(path, err, reading=True) from None
+    with open(fd, encoding="utf-8", errors="surrogateescape") as handle:
+        return [line.rstrip("\n") for line in handle if line.strip()]
+
+
+def _open_private(path: str) -> int:
+    """The journal, opened for appending: created 0600 whatever the umask, never through a
+    link, and refused unless it is a regular file of ours that nobody else may read."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise PermissionsError(f"File {path} must be a regular file owned by you.")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _unwritable(path: str, err: OSError, *, reading: bool = False) -> LocalError:
+    """A state file that cannot be written (a full disk, say): said plainly, exit 6."""
+    if isinstance(err, PermissionsError):
+        return err
+    what = "read" if reading else "write"
+    reason = err.strerror or str(err)
+    return LocalError(
+        f"cannot {what} {path}: {reason}; mail not yet recorded stays on the server",
+        ExitCode.IOERR,
+    )
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -239,7 +360,7 @@ class StoreService:
     async def seen(self, key: str) -> frozenset[str]:
         return await self._worker.call(self.store.seen, key)
 
-    async def delivered(self, key: str) -> frozenset[str]:
+    async def delivered(self, key: str) -> Mapping[str, Identity | None]:
         return await self._worker.call(self.store.delivered, key)
 
     async def knows(self, key: str) -> bool:
@@ -248,9 +369,13 @@ class StoreService:
     async def keys_starting(self, prefix: str) -> list[str]:
         return await self._worker.call(self.store.keys_starting, prefix)
 
-    async def record(self, key: str, uid: str, *, delete_pending: bool) -> None:
+    async def record(
+        self, key: str, uid: str, *, delete_pending: bool, identity: Identity | None = None
+    ) -> None:
         await self._worker.call(
-            lambda: self.store.record(key, uid, delete_pending=delete_pending)
+            lambda: self.store.record(
+                key, uid, delete_pending=delete_pending, identity=identity
+            )
         )
 
     async def record_seen(self, key: str, uids: set[str]) -> None:

@@ -533,32 +533,6 @@ def test_several_accounts_exit_0_if_any_got_mail(
     assert second.returncode == 1, second.stdout + second.stderr  # the last one's: no mail
 
 
-def test_message_delivered_before_a_crash_is_deleted_not_delivered_again(
-    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
-) -> None:
-    """A run killed after the MTA's 250 but before QUIT left message 1 on the server with its
-    UID journalled as delivered; the next run deletes it without a second delivery."""
-    import poplib
-
-    dovecot.seed("bob", MESSAGES[:2])
-    pop = poplib.POP3("127.0.0.1", dovecot.ports["pop3"], timeout=10)
-    pop.stls(test_ca.client_context())
-    pop.user("bob")
-    pop.pass_("hidden")
-    first_uid = pop.uidl(1).decode().split()[2]
-    pop.quit()
-    journal = home / ".fetchids.journal"
-    journal.write_text(f"delivered bob@127.0.0.1 {first_uid}\n")
-    journal.chmod(0o600)
-    rcfile(home, dovecot, test_ca, smtpd)
-    result = pyfetch(home)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (only,) = smtpd.transactions
-    assert b"Subject: two" in only.data
-    assert dovecot.messages("bob") == []
-    assert not journal.exists()  # everything confirmed: nothing left pending
-
-
 def test_passwordeval_logs_in_and_is_never_shown(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
 ) -> None:

@@ -22,6 +22,7 @@ from fetcher.plan import (
     SessionPlan,
     Skip,
     Step,
+    Verify,
     after_delivery,
     combine_sessions,
     count_new,
@@ -29,6 +30,7 @@ from fetcher.plan import (
     plan_mailbox,
 )
 from fetcher.sinks.base import Delivery, Outcome
+from fetcher.uidstore import Identity
 
 LISTING = [
     MessageInfo(1, 100, "a"),
@@ -38,30 +40,52 @@ LISTING = [
 ]
 
 F, SEEN, BIG = Action.FETCH, Action.SKIP_SEEN, Action.SKIP_OVERSIZED
+DD = Action.DELETE_DELIVERED
+C = Identity(100, "c" * 32)  # what the record of message "c" says of it
+NONE: dict[str, Identity | None] = {}
 
 
 @pytest.mark.parametrize(
     ("policy", "seen", "delivered", "expected"),
     [
-        (Policy(), set(), set(), [F, F, F, F]),
-        (Policy(keep=True), {"a"}, set(), [SEEN, F, F, F]),
-        (Policy(keep=True, fetchall=True), {"a"}, set(), [F, F, F, F]),
-        (Policy(keep=True, flush=True), {"a"}, set(), [Action.FLUSH, F, F, F]),
-        (Policy(), {"a"}, set(), [SEEN, F, F, F]),  # seen by fetchmail with keep: left alone
-        (Policy(flush=True), {"a"}, set(), [Action.FLUSH, F, F, F]),
-        (Policy(limit=1000), set(), set(), [F, BIG, F, F]),
-        (Policy(limit=1000, limitflush=True), set(), set(), [F, Action.FLUSH_OVERSIZED, F, F]),
-        # delivered by a run that died before QUIT: delete, never deliver twice
-        (Policy(), {"c"}, {"c"}, [F, F, Action.DELETE_DELIVERED, F]),
-        (Policy(fetchall=True), {"c"}, {"c"}, [F, F, Action.DELETE_DELIVERED, F]),
-        (Policy(keep=True), {"c"}, {"c"}, [F, F, SEEN, F]),  # keep now: leave it
+        (Policy(), set(), NONE, [F, F, F, F]),
+        (Policy(keep=True), {"a"}, NONE, [SEEN, F, F, F]),
+        (Policy(keep=True, fetchall=True), {"a"}, NONE, [F, F, F, F]),
+        (Policy(keep=True, flush=True), {"a"}, NONE, [Action.FLUSH, F, F, F]),
+        (Policy(), {"a"}, NONE, [SEEN, F, F, F]),  # seen by fetchmail with keep: left alone
+        (Policy(flush=True), {"a"}, NONE, [Action.FLUSH, F, F, F]),
+        (Policy(limit=1000), set(), NONE, [F, BIG, F, F]),
+        (Policy(limit=1000, limitflush=True), set(), NONE, [F, Action.FLUSH_OVERSIZED, F, F]),
+        (Policy(limit=100), set(), NONE, [F, BIG, F, F]),  # `limit` itself is not over it
+        (Policy(limit=100, limitflush=True), set(), NONE, [F, Action.FLUSH_OVERSIZED, F, F]),
+        # delivered by a run that died before QUIT: proven the same, then deleted
+        (Policy(), {"c"}, {"c": C}, [F, F, DD, F]),
+        (Policy(fetchall=True), {"c"}, {"c": C}, [F, F, DD, F]),
+        (Policy(keep=True), {"c"}, {"c": C}, [F, F, SEEN, F]),  # keep now: leave it
+        # a record that cannot be this message (the size changed), or cannot prove it (an
+        # older record without identity): delivered as new, never deleted unread
+        (Policy(), {"c"}, {"c": Identity(99, "c" * 32)}, [F, F, F, F]),
+        (Policy(), {"c"}, {"c": None}, [F, F, F, F]),
     ],
 )
 def test_plan(
-    policy: Policy, seen: set[str], delivered: set[str], expected: list[Action]
+    policy: Policy, seen: set[str], delivered: dict[str, Identity | None],
+    expected: list[Action],
 ) -> None:
     actions = [d.action for d in plan_mailbox(LISTING, seen, policy, delivered)]
     assert actions == expected
+
+
+def test_a_delivered_record_asks_the_message_to_prove_itself() -> None:
+    decisions = plan_mailbox(LISTING, {"c"}, Policy(), {"c": C})
+    assert decisions[2] == Decision(LISTING[2], DD, C)
+
+
+@pytest.mark.parametrize("policy", [Policy(), Policy(keep=True)])
+def test_a_uid_given_to_several_messages_names_none_of_them(policy: Policy) -> None:
+    listing = [MessageInfo(1, 100, "x"), MessageInfo(2, 100, "x"), MessageInfo(3, 100, "y")]
+    decisions = plan_mailbox(listing, {"x", "y"}, policy, {"x": Identity(100, "d" * 32)})
+    assert [d.action for d in decisions] == [F, F, SEEN]  # neither skipped nor deleted unread
 
 
 def test_count_line_numbers() -> None:
@@ -144,7 +168,7 @@ def test_without_server_flags_only_our_record_says_seen(
 # -- a session, command by command --------------------------------------------------------
 
 M = [MessageInfo(n, 100, str(n)) for n in range(1, 7)]
-FL, FO, DD, BIGX = Action.FLUSH, Action.FLUSH_OVERSIZED, Action.DELETE_DELIVERED, BIG
+FL, FO, BIGX = Action.FLUSH, Action.FLUSH_OVERSIZED, BIG
 
 
 PLAIN = Policy()
@@ -154,16 +178,20 @@ def session(
     actions: list[Action], policy: Policy = PLAIN, *, deletes: bool = True, **options: object
 ) -> tuple[list[str], SessionPlan]:
     """Run a SessionPlan over `actions` (one per message of M), the server taking every
-    deletion when `deletes`; the commands it gave, written short: F1 fetch 1, R2 remove 2, S3
-    skip 3, X expunge, Q relogin, L<left> fetchlimit."""
-    plan = SessionPlan(
-        [Decision(m, a) for m, a in zip(M, actions, strict=False)], policy, **options  # type: ignore[arg-type]
-    )
+    deletion when `deletes` and every verified message proving the same; the commands it gave,
+    written short: F1 fetch 1, R2 remove 2, V3 verify 3, S4 skip 4, X expunge, Q relogin,
+    L<left> fetchlimit."""
+    decisions = [
+        Decision(m, a, C if a is DD else None) for m, a in zip(M, actions, strict=False)
+    ]
+    plan = SessionPlan(decisions, policy, **options)  # type: ignore[arg-type]
     shown: list[str] = []
     while (command := plan.next()) is not None:
         shown.append(_short(command))
-        if isinstance(command, Fetch | Remove) and deletes:
-            deleting = isinstance(command, Remove) or not policy.keep
+        if isinstance(command, Verify):
+            plan.verified(True)
+        if isinstance(command, Fetch | Remove | Verify) and deletes:
+            deleting = isinstance(command, Remove | Verify) or not policy.keep
             if deleting:
                 plan.deleted(command.message)
         if isinstance(command, Expunge):
@@ -177,6 +205,8 @@ def _short(command: Command) -> str:
             return f"F{m.number}"
         case Remove(message=m):
             return f"R{m.number}"
+        case Verify(message=m):
+            return f"V{m.number}"
         case Skip(message=m):
             return f"S{m.number}"
         case Expunge():
@@ -194,7 +224,7 @@ def _short(command: Command) -> str:
         ([], Policy(), {}, [], ExitCode.NOMAIL, False),
         ([F, F, F], Policy(), {}, ["F1", "F2", "F3"], ExitCode.SUCCESS, False),
         ([SEEN, SEEN], Policy(), {}, [], ExitCode.NOMAIL, False),
-        ([FL, F, DD, BIGX], Policy(), {}, ["R1", "F2", "R3", "S4"], ExitCode.SUCCESS, False),
+        ([FL, F, DD, BIGX], Policy(), {}, ["R1", "F2", "V3", "S4"], ExitCode.SUCCESS, False),
         # fetchlimit: counts fetches only, says how many are left, ends the session
         ([F, SEEN, F, F, F], Policy(fetchlimit=2), {}, ["F1", "F3", "L2"], ExitCode.MAXFETCH,
          False),
@@ -262,3 +292,16 @@ def test_statuses_of_the_sessions_of_one_poll(
     so_far: ExitCode, session_status: ExitCode, expected: ExitCode
 ) -> None:
     assert combine_sessions(so_far, session_status) is expected
+
+
+def test_a_message_that_proves_another_is_delivered_and_counts_as_fetched() -> None:
+    plan = SessionPlan([Decision(M[0], DD, C)], Policy(fetchlimit=1))
+    assert plan.next() == Verify(M[0], C)
+    plan.verified(False)
+    assert plan.status is ExitCode.SUCCESS and plan.fetched == 1
+
+
+def test_fetchlimit_1_fetches_one() -> None:
+    shown, plan = session([F, F, F], Policy(fetchlimit=1))
+    assert shown == ["F1", "L2"]
+    assert plan.status is ExitCode.MAXFETCH

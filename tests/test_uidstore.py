@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fetcher.errors import PermissionsError
-from fetcher.uidstore import UidStore, account_key
+from fetcher.uidstore import Identity, UidStore, account_key
 
 KEY = account_key("bob", "mail.isp.net")
 
@@ -71,12 +71,12 @@ def test_deliveries_survive_a_kill_before_save(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script, str(ids), root], check=False)
     assert result.returncode == -9
     s = store(ids)
-    assert s.delivered(KEY) == {"u1"}
+    assert set(s.delivered(KEY)) == {"u1"}
     assert s.seen(KEY) == {"u1", "u2"}
     s.save()
     # fetchmail would see both as fetched; the pending deletion stays in the journal
     assert ids.read_text() == "bob@mail.isp.net u1\nbob@mail.isp.net u2\n"
-    assert store(ids).delivered(KEY) == {"u1"}
+    assert set(store(ids).delivered(KEY)) == {"u1"}
 
 
 def test_recorded_as_seen_in_one_go_survives_a_restart(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_recorded_as_seen_in_one_go_survives_a_restart(tmp_path: Path) -> None:
     assert not s.knows(KEY)
     s.record_seen(KEY, {"u2", "u1"})
     s.record_seen(KEY, set())
-    assert s.knows(KEY) and s.seen(KEY) == {"u1", "u2"} and s.delivered(KEY) == set()
+    assert s.knows(KEY) and s.seen(KEY) == {"u1", "u2"} and not s.delivered(KEY)
     again = store(ids)  # not saved: the journal has them
     assert again.knows(KEY) and again.seen(KEY) == {"u1", "u2"}
 
@@ -95,7 +95,7 @@ def test_torn_journal_line_is_ignored(tmp_path: Path) -> None:
     journal = Path(str(ids) + ".journal")
     journal.write_text("delivered bob@mail.isp.net u1\ndeliv")
     os.chmod(journal, 0o600)
-    assert store(ids).delivered(KEY) == {"u1"}
+    assert set(store(ids).delivered(KEY)) == {"u1"}
 
 
 def test_prune_forgets_uids_the_server_no_longer_lists(tmp_path: Path) -> None:
@@ -106,4 +106,35 @@ def test_prune_forgets_uids_the_server_no_longer_lists(tmp_path: Path) -> None:
     s.prune(KEY, {"u2"})
     s.save()
     assert ids.read_text() == "bob@mail.isp.net u2\n"
-    assert store(ids).delivered(KEY) == frozenset()
+    assert not store(ids).delivered(KEY)
+
+
+def test_pending_deletions_keep_their_identity_across_saves(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    one, two = Identity(120, "1" * 32), Identity(340, "2" * 32)
+    s = store(ids)
+    s.record(KEY, "u1", delete_pending=True, identity=one)
+    s.record(KEY, "u2", delete_pending=True, identity=two)
+    s.record(KEY, "odd uid", delete_pending=True, identity=one)  # fetchmail allows spaces
+    assert store(ids).delivered(KEY) == {"u1": one, "u2": two, "odd uid": one}  # journal
+    s.save()
+    again = store(ids)
+    assert again.delivered(KEY) == {"u1": one, "u2": two, "odd uid": one}  # every one kept
+    again.save()
+    assert store(ids).delivered(KEY) == {"u1": one, "u2": two, "odd uid": one}
+
+
+def test_a_seen_uid_with_spaces_survives_the_journal(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    store(ids).record(KEY, "x y z", delete_pending=False)
+    assert store(ids).seen(KEY) == {"x y z"}
+
+
+def test_the_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    old = os.umask(0)
+    try:
+        store(ids).record(KEY, "u1", delete_pending=True, identity=Identity(1, "a" * 32))
+    finally:
+        os.umask(old)
+    assert Path(str(ids) + ".journal").stat().st_mode & 0o777 == 0o600
