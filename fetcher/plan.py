@@ -123,6 +123,7 @@ class Record(enum.Enum):
     NOTHING = "nothing"  # not accepted: the message is fetched again at the next poll
     SEEN = "seen"  # kept on the server, and known as fetched (fetchmail's .fetchids line)
     DELIVERED = "delivered"  # about to be deleted: never delivered again, even after a crash
+    PARTIAL = "partial"  # kept for those who deferred it: the others are not given it again
 
 
 class OnServer(enum.Enum):
@@ -157,8 +158,9 @@ def after_delivery(delivery: Delivery, policy: Policy, *, has_uid: bool = True) 
     Accepted: delete, or with `keep` mark it read. Refused for good (5xx): kept for the next
     poll under `softbounce` (fetchmail's default); with `no softbounce` it is bounced to its
     sender and deleted, except that a refusal for spam (`antispam` codes) is dropped without a
-    bounce unless `spambounce` is set. A temporary refusal is always kept. Without a UID
-    (a POP3 server without UIDL) there is nothing to record.
+    bounce unless `spambounce` is set. A temporary refusal is always kept; when some LMTP
+    recipients took the message before others deferred it, who has it is recorded. Without a
+    UID (a POP3 server without UIDL) there is nothing to record.
     """
     if delivery.outcome is Outcome.ACCEPTED:
         step = Step(Record.SEEN, OnServer.MARK_SEEN) if policy.keep else Step(
@@ -167,6 +169,10 @@ def after_delivery(delivery: Delivery, policy: Policy, *, has_uid: bool = True) 
     elif delivery.outcome is Outcome.PERMFAIL and not policy.softbounce and not policy.keep:
         bounce = not (delivery.antispam and not policy.spambounce)
         step = Step(Record.DELIVERED, OnServer.DELETE, bounce=bounce)
+    elif delivery.delivered_to:
+        # LMTP: some recipients have it, others deferred it (a full mailbox). Kept for
+        # the others; who has it is recorded so that they never get it twice.
+        return Step(Record.PARTIAL, OnServer.LEAVE) if has_uid else KEEP_FOR_RETRY
     else:
         return KEEP_FOR_RETRY
     if not has_uid:

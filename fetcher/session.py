@@ -9,6 +9,7 @@ thread of its own (fetcher.drivers.threaded); sinks are asyncio.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from fetcher.plan import (
     Remove,
     SessionPlan,
     Skip,
+    Step,
     Verify,
     after_delivery,
     combine_sessions,
@@ -309,18 +311,20 @@ class AccountPoll:
                         "delivered before", flushed=True,
                     )
                     return
+            store = self.store if info.uid is not None else None
+            has_it: frozenset[str] = frozenset()  # LMTP recipients that took it at an earlier try
+            if store is not None and info.uid is not None:
+                has_it = await store.has_it(self.key, info.uid, identity)
             self.in_delivery = True
             try:
-                got = await self._deliver(spool, mailbox)
-                step = after_delivery(got.delivery, self.policy, has_uid=info.uid is not None)
+                got = await self._deliver(spool, mailbox, skip=has_it)
+                self._say_refusal(got)
+                step = after_delivery(got.delivery, self.policy, has_uid=store is not None)
                 if step.bounce and not await self._bounce(got.delivery, got.envelope, got.header):
                     step = KEEP_FOR_RETRY  # nobody could be told: keep it
-                if step.record is not Record.NOTHING and info.uid is not None and self.store:
+                if store is not None and info.uid is not None:
                     # durable before the DELE: a crash from here on delivers nothing twice
-                    await self.store.record(
-                        self.key, info.uid, delete_pending=step.record is Record.DELIVERED,
-                        identity=identity,
-                    )
+                    await self._record(store, info.uid, identity, step, got, has_it)
             finally:
                 self.in_delivery = False
         flushed = False
@@ -333,6 +337,41 @@ class AccountPoll:
             user.remote, server.queryname, info.shown_as, total, info.size,
             flushed=flushed, header_octets=got.header_octets,
         )
+
+    async def _record(
+        self, store: StoreService, uid: str, identity: Identity, step: Step, got: _Fetched,
+        had_it: frozenset[str],
+    ) -> None:
+        """What the store learns of a delivery attempt, before anything happens on the server."""
+        if step.record is Record.PARTIAL:
+            have_it = had_it | set(got.delivery.delivered_to)
+            await store.record_partial(self.key, uid, identity, have_it)
+        elif step.record is not Record.NOTHING:
+            await store.record(
+                self.key, uid, delete_pending=step.record is Record.DELIVERED, identity=identity
+            )
+
+    def _say_refusal(self, got: _Fetched) -> None:
+        """What the listener said when it did not take the message (or not for everyone):
+        fetchmail's `SMTP error: 452 ...` (`LMTP error`), or what the MDA or the header check
+        said. A refusal for spam (`antispam` codes) passes in silence, as in fetchmail."""
+        delivery = got.delivery
+        if got.envelope is None:  # refused before delivery (a bad header)
+            self.reporter.error(delivery.reply)
+            return
+        kind = self._listener_kind()
+        replies = list(dict.fromkeys(delivery.refused.values()))
+        if delivery.outcome is not Outcome.ACCEPTED and not delivery.antispam:
+            replies = list(dict.fromkeys([*replies, delivery.reply]))
+        for reply in replies:
+            self.reporter.error(f"{kind} error: {reply}" if kind else reply)
+
+    def _listener_kind(self) -> str:
+        """How fetchmail names the listener in its errors ("" for an MDA or a BSMTP file,
+        whose own words say what happened)."""
+        if self.user.bsmtp is not None or self.user.mda is not None:
+            return ""
+        return "LMTP" if self.user.lmtp else "SMTP"
 
     async def _delete(self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo) -> bool:
         """Delete on the server; a refusal (IMAP NO on STORE) is reported and the poll goes on
@@ -375,9 +414,11 @@ class AccountPoll:
             self.reporter.error(f"could not send a bounce to {to}: {result.reply}")
         return result.outcome is Outcome.ACCEPTED
 
-    async def _deliver(self, spool: BinaryIO, mailbox: ThreadedMailbox) -> _Fetched:
+    async def _deliver(
+        self, spool: BinaryIO, mailbox: ThreadedMailbox, *, skip: frozenset[str] = frozenset()
+    ) -> _Fetched:
         """The delivery of the spooled message, with the envelope and edited header a bounce
-        would need."""
+        would need. `skip`: recipients that have it already (nobody left: it is delivered)."""
         header_octets = None
         if mailbox.protocol == "IMAP":
             # fetchmail fetches an IMAP message's header and body apart and shows both sizes
@@ -397,6 +438,12 @@ class AccountPoll:
         if isinstance(prepared, Delivery):  # refused before delivery (bad header)
             return _Fetched(prepared, None, b"", header_octets)
         envelope, message = prepared
+        if skip:
+            left = [rcpt for rcpt in envelope.recipients if rcpt not in skip]
+            if not left:
+                done = Delivery(Outcome.ACCEPTED, reply="every recipient has it already")
+                return _Fetched(done, envelope, message.header, header_octets)
+            envelope = dataclasses.replace(envelope, recipients=left)
         if self._sink is None:
             self._sink = self.make_sink(self.server, self.user, self.globals)
             self._batch = 0

@@ -31,7 +31,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -77,6 +77,8 @@ class _Account:
     seen: set[str] = field(default_factory=set)
     # delivered, deletion unconfirmed; None: recorded without an identity (by an older pyfetch)
     delivered: dict[str, Identity | None] = field(default_factory=dict)
+    # delivered to some recipients only (LMTP deferred the others): the message, and who has it
+    partial: dict[str, tuple[Identity, set[str]]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # file order, for stable rewrites
 
 
@@ -136,6 +138,10 @@ class UidStore:
                 self._add(key, uid)
             elif kind == "expunged":
                 self._remove(key, uid)
+            elif kind == "got":
+                got = _split_partial(uid)
+                if got is not None:
+                    self._add_partial(key, *got)
 
     def _add(
         self, key: str, uid: str, *, delivered: bool = False, identity: Identity | None = None
@@ -146,12 +152,21 @@ class UidStore:
             account.order.append(uid)
         if delivered:
             account.delivered[uid] = identity
+        account.partial.pop(uid, None)  # fetched for good: every recipient has it
+
+    def _add_partial(self, key: str, uid: str, identity: Identity, recipient: str) -> None:
+        account = self._accounts.setdefault(key, _Account())
+        known = account.partial.get(uid)
+        if known is None or known[0] != identity:
+            known = account.partial[uid] = (identity, set())
+        known[1].add(recipient)
 
     def _remove(self, key: str, uid: str) -> None:
         account = self._accounts.get(key)
         if account is not None:
             account.seen.discard(uid)
             account.delivered.pop(uid, None)
+            account.partial.pop(uid, None)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -163,6 +178,13 @@ class UidStore:
         """UIDs delivered whose deletion is unconfirmed, with what identifies their message."""
         account = self._accounts.get(key)
         return dict(account.delivered) if account else {}
+
+    def has_it(self, key: str, uid: str, identity: Identity) -> frozenset[str]:
+        """The recipients that already have this very message (an earlier LMTP delivery
+        deferred the others); empty if none, or if the record names another message."""
+        account = self._accounts.get(key)
+        known = account.partial.get(uid) if account else None
+        return frozenset(known[1]) if known and known[0] == identity else frozenset()
 
     def knows(self, key: str) -> bool:
         """Whether any UID is recorded for `key`."""
@@ -183,6 +205,18 @@ class UidStore:
         line = _delivered_line(key, uid, identity) if delete_pending else f"seen {key} {uid}"
         self._append(line + "\n")
         self._add(key, uid, delivered=delete_pending, identity=identity)
+
+    def record_partial(
+        self, key: str, uid: str, identity: Identity, recipients: Iterable[str]
+    ) -> None:
+        """Some recipients have the message, the others deferred it: the next attempt must go
+        to the others only. Durable before returning."""
+        names = sorted(set(recipients))
+        if not names:
+            return
+        self._append("".join(f"got {key} {uid} {identity} {name}\n" for name in names))
+        for name in names:
+            self._add_partial(key, uid, identity, name)
 
     def record_seen(self, key: str, uids: set[str]) -> None:
         """Several messages count as fetched (kept) from now on; durable, with one sync."""
@@ -205,7 +239,7 @@ class UidStore:
         (fetchmail drops them too), so the file does not grow for ever."""
         account = self._accounts.get(key)
         if account is not None:
-            self.expunged(key, account.seen - present)
+            self.expunged(key, (account.seen | set(account.partial)) - present)
 
     def forget(self, key: str) -> None:
         """Drop everything recorded for `key` (a folder whose UIDVALIDITY changed)."""
@@ -239,6 +273,11 @@ class UidStore:
             for key, account in self._accounts.items()
             for uid in account.order
             if uid in account.delivered
+        ] + [
+            f"got {key} {uid} {identity} {name}"
+            for key, account in self._accounts.items()
+            for uid, (identity, names) in account.partial.items()
+            for name in sorted(names)
         ]
         try:
             if lines:
@@ -268,6 +307,15 @@ def _split_identity(value: str) -> tuple[str, Identity | None]:
         if identity is not None:
             return parts[0], identity
     return value, None
+
+
+def _split_partial(value: str) -> tuple[str, Identity, str] | None:
+    """`UID SIZE DIGEST RECIPIENT` -> its parts; None for a line that does not parse."""
+    parts = value.rsplit(" ", 3)
+    if len(parts) != 4:
+        return None
+    identity = Identity.parse(f"{parts[1]} {parts[2]}")
+    return (parts[0], identity, parts[3]) if identity is not None else None
 
 
 def _delivered_line(key: str, uid: str, identity: Identity | None) -> str:
@@ -377,6 +425,14 @@ class StoreService:
                 key, uid, delete_pending=delete_pending, identity=identity
             )
         )
+
+    async def record_partial(
+        self, key: str, uid: str, identity: Identity, recipients: Iterable[str]
+    ) -> None:
+        await self._worker.call(self.store.record_partial, key, uid, identity, recipients)
+
+    async def has_it(self, key: str, uid: str, identity: Identity) -> frozenset[str]:
+        return await self._worker.call(self.store.has_it, key, uid, identity)
 
     async def record_seen(self, key: str, uids: set[str]) -> None:
         await self._worker.call(self.store.record_seen, key, uids)

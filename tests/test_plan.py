@@ -113,6 +113,10 @@ KEEP_SEEN = Step(Record.SEEN, OnServer.MARK_SEEN)
         (Delivery(Outcome.PERMFAIL, antispam=True), Policy(softbounce=False), True, DELETE),
         (Delivery(Outcome.PERMFAIL, antispam=True), Policy(softbounce=False, spambounce=True),
          True, Step(Record.DELIVERED, OnServer.DELETE, bounce=True)),
+        # LMTP: some recipients have it, others deferred: kept, and who has it recorded
+        (Delivery(Outcome.TEMPFAIL, delivered_to=("bob@host",)), Policy(), True,
+         Step(Record.PARTIAL, OnServer.LEAVE)),
+        (Delivery(Outcome.TEMPFAIL, delivered_to=("bob@host",)), Policy(), False, KEEP_FOR_RETRY),
         # no UIDL: nothing to record, the server side is the same
         (Delivery(Outcome.ACCEPTED), Policy(), False, Step(Record.NOTHING, OnServer.DELETE)),
         (Delivery(Outcome.ACCEPTED), Policy(keep=True), False,

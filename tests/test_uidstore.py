@@ -138,3 +138,31 @@ def test_the_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert Path(str(ids) + ".journal").stat().st_mode & 0o777 == 0o600
+
+
+def test_who_has_a_message_is_kept_until_everyone_has_it(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    one = Identity(120, "1" * 32)
+    s = store(ids)
+    s.record_partial(KEY, "u1", one, ["bob@host"])
+    s.record_partial(KEY, "u1", one, ["bob@host", "dave@host"])
+    assert store(ids).has_it(KEY, "u1", one) == {"bob@host", "dave@host"}  # from the journal
+    assert store(ids).has_it(KEY, "u1", Identity(120, "2" * 32)) == set()  # another message
+    assert store(ids).seen(KEY) == set()  # not fetched for good yet
+    s.save()
+    again = store(ids)
+    assert again.has_it(KEY, "u1", one) == {"bob@host", "dave@host"}  # across a save
+    again.record(KEY, "u1", delete_pending=True, identity=one)  # now everyone has it
+    assert store(ids).has_it(KEY, "u1", one) == set()
+    again.prune(KEY, set())
+    again.save()
+    assert not Path(str(ids) + ".journal").exists()
+
+
+def test_a_partial_record_of_a_message_gone_from_the_server_is_forgotten(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    s = store(ids)
+    s.record_partial(KEY, "u1", Identity(5, "5" * 32), ["bob@host"])
+    s.prune(KEY, {"u2"})
+    s.save()
+    assert not Path(str(ids) + ".journal").exists()

@@ -43,6 +43,9 @@ class Delivery:
     reply: str = ""  # the listener's last reply, "250 2.0.0 Ok: queued as X", or MDA status
     refused: dict[str, str] = field(default_factory=dict)  # recipient -> reply, if any refused
     antispam: bool = False  # refused with one of the `antispam` codes
+    # LMTP, when some recipients deferred (TEMPFAIL): those that have the message already; the
+    # next attempt goes to the others only
+    delivered_to: tuple[str, ...] = ()
 
 
 class Sink(Protocol):

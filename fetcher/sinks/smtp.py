@@ -544,7 +544,11 @@ class SmtpSink:
             return Delivery(Outcome.ACCEPTED, reply=replies[-1][1].last, refused=refused)
         transient = [reply for _, reply in failed if _outcome_of(reply.code) is Outcome.TEMPFAIL]
         if transient:
-            return Delivery(Outcome.TEMPFAIL, reply=transient[0].last, refused=refused)
+            # Kept for the next poll, which must not deliver it again to those who have it.
+            have_it = tuple(rcpt for rcpt, reply in replies if reply.code == 250)
+            return Delivery(
+                Outcome.TEMPFAIL, reply=transient[0].last, refused=refused, delivered_to=have_it
+            )
         if len(failed) < len(replies):
             # Some recipients have the message already. fetchmail bounces the failures and
             # deletes it: keeping it would deliver it again to those who got it, every poll.
