@@ -6,6 +6,7 @@ import pytest
 
 from fetcher.exitcodes import ExitCode
 from fetcher.idleplan import (
+    IDLE_RENEWAL,
     LONGEST_RETRY,
     News,
     Next,
@@ -79,6 +80,12 @@ def test_reconnecting_backs_off(failures: int, delay: float) -> None:
         (ExitCode.ERROR, False, False),  # a timeout
         (ExitCode.PROTOCOL, True, False),
         (ExitCode.LOCKBUSY, False, False),
+        # every lasting failure, one by one: another try would not cure it
+        (ExitCode.IOERR, False, True),
+        (ExitCode.BSMTP, False, True),
+        (ExitCode.UNDEFINED, False, True),
+        (ExitCode.SMTP, False, False),  # the listener may come back
+        (ExitCode.DNS, False, False),
     ],
 )
 def test_which_failures_end_a_watch(status: ExitCode, ever_watched: bool, stop: bool) -> None:
@@ -100,3 +107,8 @@ def test_when_a_watched_folder_is_polled_again(
     status: ExitCode, failures: int, delay: float | None
 ) -> None:
     assert repoll_delay(status, failures) == delay
+
+
+def test_idle_is_renewed_before_a_server_may_drop_it() -> None:
+    """RFC 2177: a server may end an IDLE after 30 minutes; re-issue it before 29."""
+    assert 25 * 60 <= IDLE_RENEWAL < 29 * 60
