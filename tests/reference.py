@@ -73,11 +73,24 @@ class Reference:
     stderr: str
     config: dict[str, Any] | None
 
+    def describe(self) -> str:
+        """For an assertion message: fetchmail's exit code and everything it wrote to stderr."""
+        return f"fetchmail exited {self.exit_code}; its stderr:\n{self.stderr or '(empty)'}"
 
-def _controlled_env(home: Path, env_extra: Mapping[str, str] | None) -> dict[str, str]:
+
+def controlled_env(home: Path, env_extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment built from scratch for running fetchmail with ``home`` as its home.
+
+    FETCHMAILHOME is ``home`` too, so that nothing of the invoking user's (an rcfile, an
+    idfile, the pidfile of a non-root fetchmail) is looked at, and the idfile is
+    ``home/.fetchids`` as for a pyfetch run with HOME=``home``.  root's pidfile does not
+    follow FETCHMAILHOME (fetchmail 6.4.37 uses /var/run/fetchmail.pid), so also pass
+    ``private_pidfile_args()``.
+    """
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": str(home),
+        "FETCHMAILHOME": str(home),
         "FETCHMAILUSER": TEST_USER,
         "LOGNAME": TEST_USER,
         "USER": TEST_USER,
@@ -88,6 +101,18 @@ def _controlled_env(home: Path, env_extra: Mapping[str, str] | None) -> dict[str
     return env
 
 
+def private_pidfile_args(directory: Path) -> list[str]:
+    """``--pidfile DIRECTORY/fetchmail.pid``, DIRECTORY created private (0700) if missing.
+
+    With it, a fetchmail (or pyfetch) running elsewhere on the machine, whose lock is
+    /var/run/fetchmail.pid or ~/.fetchmail.pid, cannot change what the fetchmail under test
+    does, and the fetchmail under test cannot disturb it.  Put these arguments before a
+    test's own, so that a ``--pidfile`` among those still wins (getopt: the last one does).
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return ["--pidfile", str(directory / "fetchmail.pid")]
+
+
 def fetchmail_configdump(
     rc_text: str | bytes,
     tmp_path: Path,
@@ -96,14 +121,15 @@ def fetchmail_configdump(
 ) -> Reference:
     """Write ``rc_text`` to ``tmp_path/"fetchmailrc"`` (mode 0600) and dump it with fetchmail.
 
-    The environment is built from scratch: PATH, HOME=tmp_path/"home" (created),
-    FETCHMAILUSER/LOGNAME/USER="pyfetchtest", LC_ALL=C, plus ``env_extra``; in
-    particular FETCHMAILHOME and HOME_ETC are unset.  The working directory is
-    ``tmp_path`` and stdin is /dev/null.  ``str`` input is encoded as UTF-8 (lone
-    surrogates from ``surrogateescape`` decoding map back to their bytes); output is
-    decoded the same way.  ``config`` is None unless fetchmail exited 0 and printed a
-    ``fetchmailrc = {...}`` dictionary; a dictionary that cannot be read raises
-    ``ConfigDumpError``.
+    The environment is built from scratch (``controlled_env``): PATH,
+    HOME=FETCHMAILHOME=tmp_path/"home" (created), FETCHMAILUSER/LOGNAME/USER="pyfetchtest",
+    LC_ALL=C, plus ``env_extra``; in particular HOME_ETC is unset.  fetchmail's pidfile is
+    tmp_path/"fetchmail-run"/fetchmail.pid (``private_pidfile_args``), given before
+    ``args``.  The working directory is ``tmp_path`` and stdin is /dev/null.  ``str`` input
+    is encoded as UTF-8 (lone surrogates from ``surrogateescape`` decoding map back to their
+    bytes); output is decoded the same way.  ``config`` is None unless fetchmail exited 0
+    and printed a ``fetchmailrc = {...}`` dictionary; a dictionary that cannot be read
+    raises ``ConfigDumpError``.
     """
     if FETCHMAIL is None:
         raise RuntimeError("fetchmail is not installed")
@@ -120,9 +146,12 @@ def fetchmail_configdump(
     os.chmod(rcfile, 0o600)
 
     proc = subprocess.run(
-        [FETCHMAIL, "-f", str(rcfile), "--configdump", *args],
+        [
+            FETCHMAIL, "-f", str(rcfile), "--configdump",
+            *private_pidfile_args(tmp_path / "fetchmail-run"), *args,
+        ],
         cwd=tmp_path,
-        env=_controlled_env(home, env_extra),
+        env=controlled_env(home, env_extra),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=_TIMEOUT_SECONDS,

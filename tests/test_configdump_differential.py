@@ -132,8 +132,8 @@ def _all_strings(value: Any) -> list[str]:
 def test_good_files_dump_like_fetchmail(rcfile: Path, tmp_path: Path) -> None:
     data = rcfile.read_bytes()
     reference = fetchmail_configdump(data, tmp_path)
-    assert reference.exit_code == 0, significant_stderr(reference.stderr)
-    assert reference.config is not None
+    assert reference.exit_code == 0, reference.describe()
+    assert reference.config is not None, reference.stdout
 
     ours_file = tmp_path / "fetchmailrc"  # the same path, so relative paths resolve alike
     result = run_pyfetch(ours_file, "--configdump", home=tmp_path / "home")
@@ -156,7 +156,7 @@ def test_good_files_dump_like_fetchmail(rcfile: Path, tmp_path: Path) -> None:
 def test_bad_files_are_refused_like_fetchmail(rcfile: Path, tmp_path: Path) -> None:
     data = rcfile.read_bytes()
     reference = fetchmail_configdump(data, tmp_path)
-    assert reference.exit_code == 5
+    assert reference.exit_code == 5, reference.describe()
 
     result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", home=tmp_path / "home")
     assert result.returncode == 5
@@ -180,7 +180,8 @@ def test_bad_files_are_refused_like_fetchmail(rcfile: Path, tmp_path: Path) -> N
 @pytest.mark.parametrize("rcfile", STRICTER, ids=lambda p: p.name)
 def test_stricter_files_are_refused_by_pyfetch_only(rcfile: Path, tmp_path: Path) -> None:
     data = rcfile.read_bytes()
-    assert fetchmail_configdump(data, tmp_path).exit_code == 0
+    reference = fetchmail_configdump(data, tmp_path)
+    assert reference.exit_code == 0, reference.describe()
     result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", home=tmp_path / "home")
     assert result.returncode == 5
     promised = next(
@@ -198,12 +199,12 @@ def test_broader_files_are_accepted_by_pyfetch_only(rcfile: Path, tmp_path: Path
     gives each idle folder its own connection."""
     data = rcfile.read_bytes()
     reference = fetchmail_configdump(data, tmp_path)
-    assert reference.exit_code == 5
+    assert reference.exit_code == 5, reference.describe()
     refusal = next(
         line.strip("# ").strip() for line in data.decode().splitlines()
         if line.startswith("#   fetchmail: ")
     )
-    assert significant_stderr(reference.stderr)[-1] == refusal
+    assert significant_stderr(reference.stderr)[-1] == refusal, reference.describe()
     result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -215,7 +216,8 @@ def test_broader_files_are_accepted_by_pyfetch_only(rcfile: Path, tmp_path: Path
 def test_idle_with_another_folder_on_the_command_line_is_accepted(tmp_path: Path) -> None:
     argv = ["--idle", "-r", "Archive"]
     reference = fetchmail_configdump(_CLI_RC, tmp_path, args=argv)
-    assert reference.exit_code == 5  # fetchmail: one folder of one account at most
+    # fetchmail: one folder of one account at most
+    assert reference.exit_code == 5, reference.describe()
     result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", *argv, home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
     users = [u for s in json.loads(result.stdout)["servers"] for u in s["users"]]
@@ -229,10 +231,11 @@ def test_idle_with_another_folder_on_the_command_line_is_accepted(tmp_path: Path
 def test_sample_rcfile_dumps_like_fetchmail(tmp_path: Path) -> None:
     data = (ROOT / "sample.fetchmailrc").read_bytes()
     reference = fetchmail_configdump(data, tmp_path)
-    assert reference.exit_code == 0
+    assert reference.exit_code == 0, reference.describe()
     result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
     ours = json.loads(result.stdout)
-    assert reference.config is not None
+    assert reference.config is not None, reference.stdout
     ours["idfile"] = reference.config["idfile"] = None
     assert differences(rendered(ours), reference.config) == {}
     assert ours["servers"][0]["users"][0]["remote"] == "bob"
@@ -278,13 +281,15 @@ _CLI_RC = (
 def test_command_line_overrides_like_fetchmail(argv: list[str], tmp_path: Path) -> None:
     reference = fetchmail_configdump(_CLI_RC, tmp_path, args=argv)
     result = run_pyfetch(tmp_path / "fetchmailrc", "--configdump", *argv, home=tmp_path / "home")
-    assert result.returncode == reference.exit_code, result.stderr
+    assert result.returncode == reference.exit_code, (
+        f"pyfetch's stderr:\n{result.stderr}\n{reference.describe()}"
+    )
     if reference.exit_code != 0:
         theirs = significant_stderr(reference.stderr)[-1].removeprefix("fetchmail: ")
         assert result.stderr.strip().splitlines()[-1].removeprefix("pyfetch: ") == theirs
         return
     ours = json.loads(result.stdout)
-    assert reference.config is not None
+    assert reference.config is not None, reference.stdout
     ours["idfile"] = reference.config["idfile"] = None
     assert differences(rendered(ours), reference.config) == {}
 
@@ -309,6 +314,7 @@ def _explanation(text: str, program: str) -> list[str]:
 def test_version_explains_like_fetchmail(rcfile: Path, verbose: list[str], tmp_path: Path) -> None:
     """-V's account of the configuration is fetchmail's, sentence for sentence."""
     reference = fetchmail_configdump(rcfile.read_bytes(), tmp_path, args=["-V", *verbose])
+    assert reference.exit_code == 0, reference.describe()
     theirs = _explanation(reference.stdout, "Fetchmail")
     result = run_pyfetch(tmp_path / "fetchmailrc", "-V", *verbose, home=tmp_path / "home")
     assert result.returncode == 0, result.stderr

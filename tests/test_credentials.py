@@ -78,9 +78,20 @@ def test_prompt_when_interactive(tmp_path: Path) -> None:
     assert passwords(cfg) == ["x" * 63]  # fetchmail reads at most 63 characters
 
 
-def test_no_password_needed_for_external_auth(tmp_path: Path) -> None:
+def test_no_password_needed_for_external_auth(netrc: Path) -> None:
+    """Nothing is asked and nothing is looked up (fetchmail's NO_PASSWORD): the TLS client
+    certificate logs in. .netrc has an entry for bob@mail.isp.net that must stay unused; the
+    password is the remote name, the placeholder fetchmail puts there."""
     cfg = config("poll mail.isp.net auth external user bob")
-    resolve_passwords(cfg, str(tmp_path / "none"), interactive=False)
+    asked: list[str] = []
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return "typed"
+
+    resolve_passwords(cfg, str(netrc), prompt=prompt, interactive=True)
+    assert asked == []
+    assert passwords(cfg) == ["bob"]  # not .netrc's "for-bob"
 
 
 def test_netrc_parser_reads_words_across_lines() -> None:

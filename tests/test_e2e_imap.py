@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from reference import private_pidfile_args
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
 from servers.smtp import SMTPServer
@@ -18,6 +19,18 @@ def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
     path.mkdir()
     return path
+
+
+def run_fetchmail(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real fetchmail on home/.fetchmailrc, with a private FETCHMAILHOME and pidfile, so that
+    another fetchmail on the machine (root's lock is /var/run/fetchmail.pid whatever
+    FETCHMAILHOME says) neither stops this one nor is woken by it."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "FETCHMAILHOME": str(home),
+           "LC_ALL": "C"}
+    argv = ["fetchmail", "-f", str(home / ".fetchmailrc"),
+            *private_pidfile_args(home / "fetchmail-run"), *args]
+    return subprocess.run(argv, env=env, cwd=home, capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def rcfile(
@@ -183,20 +196,19 @@ def test_progress_lines_are_fetchmails(
     path.write_text(path.read_text().replace(" proto imap", f" proto {protocol}").replace(
         f"service {dovecot.ports['imap']}", f"service {dovecot.ports[protocol]}"))
     assert pyfetch(home).returncode == 0  # UIDs 1-3 are gone (or skipped and kept)
-    outputs = []
+    outputs, said = [], ""
     for program in ("fetchmail", "pyfetch"):
         for path in dovecot.message_files("bob"):  # leftovers go; Dovecot's next UID stays
             path.unlink()
         dovecot.seed("bob", batch(0))
         (home / ".fetchids").unlink(missing_ok=True)
         if program == "fetchmail":
-            env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LC_ALL": "C"}
-            result = subprocess.run(["fetchmail", *args], env=env, cwd=home,
-                                    capture_output=True, text=True, timeout=120, check=False)
+            result = run_fetchmail(home, *args)
+            said = result.stderr
         else:
             result = pyfetch(home, *args)
         outputs.append(_progress(result.stdout))
-    assert outputs[0], "fetchmail said nothing to compare with"
+    assert outputs[0], f"fetchmail said nothing to compare with; its stderr:\n{said}"
     assert outputs[1] == outputs[0]
 
 
@@ -219,7 +231,7 @@ def test_progress_lines_with_folders_are_fetchmails(
 ) -> None:
     """With a folder list fetchmail names the folder in the count, and so do we."""
     rcfile(home, dovecot, test_ca, smtpd, "folder INBOX Lists Empty sslcertck")
-    outputs = []
+    outputs, said = [], ""
     for program in ("fetchmail", "pyfetch"):
         dovecot.seed("bob", [b"Subject: a\r\n\r\nin the inbox\r\n"])
         dovecot.seed("bob", [b"Subject: b\r\n\r\non a list\r\n"] * 2, folder="Lists")
@@ -227,14 +239,13 @@ def test_progress_lines_with_folders_are_fetchmails(
         for path in dovecot.message_files("bob", folder="Empty"):
             path.unlink()
         if program == "fetchmail":
-            env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LC_ALL": "C"}
-            result = subprocess.run(["fetchmail"], env=env, cwd=home, capture_output=True,
-                                    text=True, timeout=120, check=False)
+            result = run_fetchmail(home)
+            said = result.stderr
         else:
             result = pyfetch(home)
         outputs.append([line.removeprefix(f"{program}: ")
                         for line in _progress(result.stdout + result.stderr)])
-    assert outputs[0], "fetchmail said nothing to compare with"
+    assert outputs[0], f"fetchmail said nothing to compare with; its stderr:\n{said}"
     assert outputs[1] == outputs[0]
 
 

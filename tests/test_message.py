@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -766,21 +768,36 @@ def test_mda_templates_that_would_unquote_a_value_are_refused(template: str, how
         mda_command(template, ["bob"], "a@x")
 
 
+# Quotes, a command substitution, a separator, and no white space (which $(echo %F) would split).
+HOSTILE_SENDER = "a'$(touch${IFS}pwned)`touch${IFS}pwned2`;b@x"
+
+
 @pytest.mark.parametrize(
-    "template",
+    ("template", "argv"),
     [
-        "procmail -d %T",
-        "deliver 'literal' %T \"also literal\"",
-        "deliver 'it''s' %F",
-        "deliver '%' %F",  # a % inside quotes that expands nothing
-        'deliver "100%" %F',
-        "deliver \\' %F",  # an escaped quote opens nothing
-        "deliver $(echo %F)",
-        "deliver ${X:-%F}",
+        ("procmail -d %T", ["-d", "bob"]),
+        ("deliver 'literal' %T \"also literal\"", ["literal", "bob", "also literal"]),
+        ("deliver 'it''s' %F", ["its", "SENDER"]),
+        ("deliver '%' %F", ["%", "SENDER"]),  # a % inside quotes that expands nothing
+        ('deliver "100%" %F', ["100%", "SENDER"]),
+        ("deliver \\' %F", ["'", "SENDER"]),  # an escaped quote opens nothing
+        ("deliver $(echo %F)", ["SENDER"]),
+        ("deliver ${X:-%F}", ["SENDER"]),
     ],
 )
-def test_mda_templates_that_are_accepted(template: str) -> None:
+def test_mda_templates_that_are_accepted(template: str, argv: list[str], tmp_path: Path) -> None:
+    """Accepted, and what the MDA is given is what the template says, each expansion one word
+    however hostile the sender; the sender runs nothing."""
     check_mda_template(template)
+    arguments = template.partition(" ")[2]  # run the argument dumper instead of the MDA
+    command = mda_command(f"{ARGV_DUMPER} {arguments}", ["bob"], HOSTILE_SENDER)
+    result = subprocess.run(
+        ["/bin/sh", "-c", command], cwd=tmp_path, env={"PATH": os.environ.get("PATH", "/bin")},
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    sender = expected_word(HOSTILE_SENDER)
+    assert json.loads(result.stdout) == [sender if a == "SENDER" else a for a in argv]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def expected_word(sender: str) -> str:

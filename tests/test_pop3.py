@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fakes.pop3 import SILENT_GREETING, SILENT_HANDSHAKE, FakePop3Server
 from servers.certs import TestCA, fingerprint
+from servers.fixtures import unavailable
 
 from fetcher import trace
 from fetcher.drivers.base import MailboxDriver, MessageInfo
@@ -759,7 +760,7 @@ def test_ports(service: str | None, ssl_on: bool, port: int) -> None:
         try:
             socket.getservbyname(service, "tcp")
         except OSError:
-            pytest.skip(f"no {service} in /etc/services")
+            unavailable(f"no {service} in /etc/services (the netbase package provides it)")
     assert d._resolve_port() == port
 
 
@@ -866,22 +867,40 @@ def test_dovecot_login(
     d.commit()
 
 
-@pytest.mark.parametrize("auth", ["any", "cram-md5", "password"])
-def test_dovecot_auth_methods(dovecot: Dovecot, pki: TestCA, auth: str) -> None:
+@pytest.mark.parametrize(
+    ("auth", "command"),
+    [("any", "POP3> AUTH CRAM-MD5"), ("cram-md5", "POP3> AUTH CRAM-MD5"),
+     ("password", "POP3> PASS *")],
+)
+def test_dovecot_auth_methods(
+    dovecot: Dovecot, pki: TestCA, trace_log: pytest.LogCaptureFixture, auth: str, command: str
+) -> None:
+    dovecot.seed("bob", SEEDED[:1])
     d = dovecot_driver(dovecot, pki, auth=auth)
     d.connect()
-    assert ("CRAM-MD5" in d.capabilities.get("SASL", ())) or auth == "password"
+    assert "CRAM-MD5" in d.capabilities.get("SASL", ())
     d.login()
+    assert [m.size for m in d.list_messages()] == [len(SEEDED[0])]  # logged in as bob
     d.commit()
+    lines = trace_lines(trace_log)
+    assert command in lines
+    assert ("POP3> PASS *" in lines) == (auth == "password")  # any: the stronger CRAM-MD5
+    assert DOVECOT_PASSWORD not in trace_log.text
 
 
-def test_dovecot_apop(dovecot: Dovecot, pki: TestCA) -> None:
+def test_dovecot_apop(dovecot: Dovecot, pki: TestCA, trace_log: pytest.LogCaptureFixture) -> None:
     # Dovecot's greeting carries a real APOP challenge: our strict check must accept it.
+    dovecot.seed("bob", SEEDED[:1])
     d = dovecot_driver(dovecot, pki, protocol="APOP")
     d.connect()
-    apop_timestamp(d.greeting)
+    stamp = apop_timestamp(d.greeting)
+    assert stamp.startswith("<") and stamp.endswith(">") and stamp in d.greeting
     d.login()
+    assert [m.size for m in d.list_messages()] == [len(SEEDED[0])]  # logged in as bob
     d.commit()
+    lines = trace_lines(trace_log)
+    assert "POP3> APOP bob *" in lines
+    assert not any(line.startswith(("POP3> USER", "POP3> PASS")) for line in lines)
 
 
 def test_dovecot_round_trip(dovecot: Dovecot, pki: TestCA) -> None:

@@ -5,15 +5,18 @@ fixtures, not at pyfetch."""
 from __future__ import annotations
 
 import imaplib
+import ipaddress
 import poplib
 import smtplib
 import socket
 import ssl
 import subprocess
+from typing import Any
 
 import pytest
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
+from servers.fixtures import unavailable
 from servers.postfix import Postfix, strip_added_headers
 from servers.smtp import SMTPServer
 
@@ -52,8 +55,9 @@ def retr_all(pop: poplib.POP3) -> list[bytes]:
 # -- certificates ----------------------------------------------------------------------------
 
 
-def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> None:
-    """A TLS handshake in memory, to test the certificates without any server."""
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> ssl.SSLObject:
+    """A TLS handshake in memory, to test the certificates without any server; returns the
+    client's side."""
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     c = client.wrap_bio(c_in, c_out, server_hostname=name)
     s = server.wrap_bio(s_in, s_out, server_side=True)
@@ -68,13 +72,30 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> Non
         s_in.write(c_out.read())
         c_in.write(s_out.read())
         if done == 2:
-            return
+            return c
     raise AssertionError("handshake did not finish")
 
 
+def _san_names(cert: dict[str, Any]) -> set[str]:
+    """The certificate's subjectAltName entries, IP addresses in their usual short form."""
+    names = set()
+    for kind, value in cert.get("subjectAltName", ()):
+        names.add(str(ipaddress.ip_address(value.strip())) if kind == "IP Address" else value)
+    return names
+
+
 def test_ca_server_certificate_verifies_for_all_names(test_ca: TestCA) -> None:
+    client = test_ca.client_context()
+    assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
     for name in ("localhost", "127.0.0.1", "::1"):
-        _handshake(test_ca.client_context(), test_ca.server_context(), name)
+        conn = _handshake(client, test_ca.server_context(), name)
+        # A verified handshake hands over the certificate, issued by the test CA for this name.
+        cert = conn.getpeercert()
+        assert dict(rdn[0] for rdn in cert["issuer"])["commonName"] == "pyfetch test CA"
+        assert name in _san_names(cert), cert
+    # The name is checked: one the certificate does not carry is refused.
+    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+        _handshake(client, test_ca.server_context(), "mail.example.org")
 
 
 def test_ca_untrusted_certificate_fails_verification(test_ca: TestCA) -> None:
@@ -127,7 +148,7 @@ def test_pop3_stls_with_verification(dovecot: Dovecot, test_ca: TestCA) -> None:
 
 def test_pop3_stls_over_ipv6(dovecot: Dovecot, test_ca: TestCA) -> None:
     if not dovecot.ipv6:
-        pytest.skip("no ::1 on this machine")
+        unavailable("Dovecot does not listen on ::1 here (no IPv6 loopback?)")
     pop = poplib.POP3("::1", dovecot.pop3, timeout=10)
     pop.stls(test_ca.client_context())  # checks the IP:::1 subjectAltName
     pop.apop("bob", "hidden")  # APOP works because passwords are stored in the clear

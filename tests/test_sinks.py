@@ -8,9 +8,12 @@ a reply that never comes, a garbled greeting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import io
 import logging
 import os
+import signal
 import socket
 import stat
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from aiosmtpd.controller import UnixSocketController
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from fakes.listener import Conn, ScriptedListener
 from servers import ipv6_loopback
+from servers.fixtures import unavailable
 from servers.smtp import ClosedPort, Fault, RecordingHandler, RecordingLMTP, SMTPServer
 
 from fetcher.errors import BsmtpError, ConfigError, ListenerUnavailableError, LocalError
@@ -36,6 +40,7 @@ FAST = SmtpTimeouts(
     connect=5, greeting=5, command=5, data_init=5, data_block=5, data_end=5, idle=300
 )
 ANTISPAM = (571, 550, 501, 554)  # fetchmail's default list
+DEADLINE = 10.0  # seconds to wait for something that should happen at once; only a failure waits
 
 HEADER = (
     b"Return-Path: <alice@example.org>\r\n"
@@ -327,8 +332,10 @@ def test_silent_listener_times_out() -> None:
         asyncio.run(run())
 
 
-@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_literal_in_brackets() -> None:
+    if not ipv6_loopback():
+        unavailable("no IPv6 loopback (::1) here")
+
     async def script(conn: Conn) -> None:
         await conn.hello()
         await conn.envelope()
@@ -783,21 +790,69 @@ def test_mda_that_cannot_start_is_exit_6() -> None:
     assert "MDA open failed" in info.value.message
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` still runs; one that was killed but not reaped yet does not."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat_line.rpartition(")")[2].split()[0] not in ("Z", "X")  # zombie, dead
+
+
 def test_cancelled_delivery_kills_the_whole_mda(tmp_path: Path) -> None:
-    marker = tmp_path / "delivered-anyway"
-    # a pipeline child that would outlive a killed shell and deliver after we gave up
-    sink = MdaSink(f"(sleep 1; touch {marker}) & cat > /dev/null; wait")
+    """A delivery given up on (SIGTERM, a poll abandoned) stops every process the MDA started,
+    not just its shell: a pipeline child left running could still deliver the message that
+    pyfetch leaves on the server, and the next poll would deliver it again."""
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    child_pid = tmp_path / "child.pid"
+    # The child would deliver once `go` is opened; until then it waits in open() (`read` is a
+    # shell builtin, so the child is this one process). The shell waits for it, so the delivery
+    # is still under way when it is cancelled, however slow the machine.
+    sink = MdaSink(
+        f"(read line < {go}; touch {tmp_path}/delivered-anyway) & "
+        f"echo $! > {child_pid}.new && mv {child_pid}.new {child_pid}; cat > /dev/null; wait"
+    )
 
     async def run() -> None:
+        loop = asyncio.get_running_loop()
         task = asyncio.create_task(sink.deliver(envelope(), message()))
-        await asyncio.sleep(0.3)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(1.5)
+        deadline = loop.time() + DEADLINE
+        while not child_pid.exists():
+            if task.done():
+                pytest.fail(f"the MDA ended before its child started: {task.result()}")
+            if loop.time() > deadline:
+                pytest.fail(f"the MDA's child did not start within {DEADLINE} s")
+            await asyncio.sleep(0.01)
+        child = int(child_pid.read_text())
+        try:
+            assert _running(child)
+            assert not task.done()  # cancelled in the middle of the delivery
+            task.cancel()
+            await asyncio.wait({task}, timeout=DEADLINE)
+            assert task.done(), f"the delivery did not end within {DEADLINE} s of its cancel"
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            deadline = loop.time() + DEADLINE
+            while _running(child):
+                if loop.time() > deadline:
+                    pytest.fail(
+                        f"the MDA's child {child} still runs {DEADLINE} s after the delivery "
+                        "was cancelled: it would deliver the message anyway"
+                    )
+                await asyncio.sleep(0.01)
+        finally:
+            if _running(child):  # a broken sink's leftover; once it is gone the shell ends
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            await asyncio.wait({task}, timeout=DEADLINE)
 
     asyncio.run(run())
-    assert not marker.exists()
+    # Nothing is left that could deliver: no process has the child's pipe open any more.
+    with pytest.raises(OSError) as no_reader:
+        os.open(go, os.O_WRONLY | os.O_NONBLOCK)
+    assert no_reader.value.errno == errno.ENXIO
+    assert not (tmp_path / "delivered-anyway").exists()
 
 
 def test_mda_streams_two_megabytes(tmp_path: Path) -> None:

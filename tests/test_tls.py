@@ -266,16 +266,27 @@ def test_sslcertfile_replaces_the_system_store(
 
 
 def test_include_default_cas_adds_the_system_store(
-    pki: TestCA, monkeypatch: pytest.MonkeyPatch
+    pki: TestCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The "system store" is made known here: OpenSSL's default paths honour SSL_CERT_FILE and
+    # SSL_CERT_DIR, so it holds exactly one other CA, whatever the machine has installed.
+    other = make_test_ca(tmp_path / "other-ca")
+    empty = tmp_path / "no-certs"
+    empty.mkdir()
+    monkeypatch.setenv("SSL_CERT_FILE", str(other.ca_cert))
+    monkeypatch.setenv("SSL_CERT_DIR", str(empty))
     monkeypatch.setenv(tls.INCLUDE_DEFAULT_CAS_ENV, "1")
-    system = tls.client_context(UserOptions(), "h").cert_store_stats()["x509_ca"]
-    if system == 0:
-        pytest.skip("the system CA store is a lazily read directory here; nothing to count")
-    both = tls.client_context(with_ca(pki), "h").cert_store_stats()["x509_ca"]
-    assert both == system + 1
-    monkeypatch.setenv(tls.INCLUDE_DEFAULT_CAS_ENV, "")  # empty means unset, as in fetchmail
-    assert tls.client_context(with_ca(pki), "h").cert_store_stats()["x509_ca"] == 1
+    assert tls.client_context(UserOptions(), "h").cert_store_stats()["x509_ca"] == 1
+    assert tls.client_context(with_ca(pki), "h").cert_store_stats()["x509_ca"] == 2
+    server = TlsServer(other.server_context())  # signed by the "system" CA only
+    try:
+        assert handshake(server, with_ca(pki)) == b"hello\r\n"
+        monkeypatch.setenv(tls.INCLUDE_DEFAULT_CAS_ENV, "")  # empty means unset, as in fetchmail
+        assert tls.client_context(with_ca(pki), "h").cert_store_stats()["x509_ca"] == 1
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(server, with_ca(pki))
+    finally:
+        server.close()
 
 
 def test_sslcertpath(pki: TestCA, trusted: TlsServer, tmp_path: Path) -> None:

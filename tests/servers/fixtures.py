@@ -20,8 +20,9 @@ Markers (registered here, since the project runs pytest with ``--strict-markers`
     @pytest.mark.lmtp_fault(step="eom", recipient="carol@example.org", code=452, text="full")
     @pytest.mark.smtpd_options(data_size_limit=1000)
 
-A server that cannot start skips the test, or fails it when ``CI=true``: integration tests must
-not pass in CI by silently not running.  When a test using ``dovecot`` or ``postfix`` fails, the
+A server that cannot start (or anything else a test needs that is missing: see
+``unavailable()``) skips the test, or fails it when ``CI=true``: integration tests must not pass
+in CI by silently not running.  When a test using ``dovecot`` or ``postfix`` fails, the
 server's log is attached to the report.
 """
 
@@ -47,9 +48,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def unavailable(reason: str) -> NoReturn:
-    """Skip the test, or fail it under CI=true (where every server must be installed)."""
+    """Skip the test, or fail it under CI=true, where everything a test needs must be there:
+    the servers and programs scripts/test installs, /etc/services, an IPv6 loopback (::1)."""
     if IN_CI:
-        pytest.fail(f"{reason}\n(CI=true: a server that cannot start is a failure)", pytrace=False)
+        pytest.fail(
+            f"{reason}\n(CI=true: what a test needs is missing, which is a failure, not a skip)",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 
