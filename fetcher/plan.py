@@ -152,7 +152,7 @@ class Step:
 KEEP_FOR_RETRY = Step(Record.NOTHING, OnServer.LEAVE)
 
 
-def after_delivery(delivery: Delivery, policy: Policy, *, has_uid: bool = True) -> Step:
+def after_delivery(delivery: Delivery, policy: Policy, *, has_uid: bool) -> Step:
     """fetchmail 6.4's handling of the listener's answer, as one step.
 
     Accepted: delete, or with `keep` mark it read. Refused for good (5xx): kept for the next
@@ -294,7 +294,8 @@ class SessionPlan:
                     self.status = ExitCode.SUCCESS
                 return Fetch(message)
             self._index += 1
-            if action is Action.DELETE_DELIVERED and decision.expect is not None:
+            if action is Action.DELETE_DELIVERED:
+                assert decision.expect is not None  # plan_mailbox gives it with the action
                 return Verify(message, decision.expect)
             if action in _REMOVE_REASONS:
                 return Remove(message, _REMOVE_REASONS[action])

@@ -319,7 +319,7 @@ class AccountPoll:
             try:
                 got = await self._deliver(spool, mailbox, skip=has_it)
                 self._say_refusal(got)
-                step = after_delivery(got.delivery, self.policy, has_uid=store is not None)
+                step = after_delivery(got.delivery, self.policy, has_uid=info.uid is not None)
                 if step.bounce and not await self._bounce(got.delivery, got.envelope, got.header):
                     step = KEEP_FOR_RETRY  # nobody could be told: keep it
                 if store is not None and info.uid is not None:

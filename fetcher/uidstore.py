@@ -245,20 +245,27 @@ class UidStore:
         """Drop everything recorded for `key` (a folder whose UIDVALIDITY changed)."""
         account = self._accounts.get(key)
         if account is not None:
-            self.expunged(key, set(account.seen))
+            self.expunged(key, account.seen | set(account.partial))
 
     def _append(self, text: str) -> None:
         """Append to the journal and fsync; raises LocalError (exit 6) unless all of it is
         on disk, so that no deletion follows a record that did not reach it."""
         data = text.encode("utf-8", "surrogateescape")
+        start = None
         try:
             if self._journal is None:
                 self._journal = _open_private(self.journal_path)
+            start = os.fstat(self._journal).st_size
             written = 0
             while written < len(data):  # os.write may write less than asked (a full disk)
                 written += os.write(self._journal, data[written:])
             os.fsync(self._journal)
         except OSError as err:
+            if self._journal is not None and start is not None:
+                # cut off what part of it did get written: the next record must not continue
+                # a torn line
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._journal, start)
             self.close()  # the next record opens it again
             raise _unwritable(self.journal_path, err) from None
 

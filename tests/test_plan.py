@@ -57,6 +57,7 @@ NONE: dict[str, Identity | None] = {}
         (Policy(limit=1000), set(), NONE, [F, BIG, F, F]),
         (Policy(limit=1000, limitflush=True), set(), NONE, [F, Action.FLUSH_OVERSIZED, F, F]),
         (Policy(limit=100), set(), NONE, [F, BIG, F, F]),  # `limit` itself is not over it
+        (Policy(limit=1), set(), NONE, [BIG, BIG, BIG, BIG]),
         (Policy(limit=100, limitflush=True), set(), NONE, [F, Action.FLUSH_OVERSIZED, F, F]),
         # delivered by a run that died before QUIT: proven the same, then deleted
         (Policy(), {"c"}, {"c": C}, [F, F, DD, F]),
@@ -91,6 +92,8 @@ def test_a_uid_given_to_several_messages_names_none_of_them(policy: Policy) -> N
 def test_count_line_numbers() -> None:
     decisions = plan_mailbox(LISTING, {"a"}, Policy(keep=True))
     assert count_new(decisions) == (4, 1, 5300)
+    decisions = plan_mailbox(LISTING, {"a", "c"}, Policy(keep=True))
+    assert count_new(decisions) == (4, 2, 5300)
 
 
 DELETE = Step(Record.DELIVERED, OnServer.DELETE)
@@ -117,6 +120,8 @@ KEEP_SEEN = Step(Record.SEEN, OnServer.MARK_SEEN)
         (Delivery(Outcome.TEMPFAIL, delivered_to=("bob@host",)), Policy(), True,
          Step(Record.PARTIAL, OnServer.LEAVE)),
         (Delivery(Outcome.TEMPFAIL, delivered_to=("bob@host",)), Policy(), False, KEEP_FOR_RETRY),
+        (Delivery(Outcome.PERMFAIL), Policy(softbounce=False), False,
+         Step(Record.NOTHING, OnServer.DELETE, bounce=True)),  # no UID: still bounced
         # no UIDL: nothing to record, the server side is the same
         (Delivery(Outcome.ACCEPTED), Policy(), False, Step(Record.NOTHING, OnServer.DELETE)),
         (Delivery(Outcome.ACCEPTED), Policy(keep=True), False,
@@ -309,3 +314,21 @@ def test_fetchlimit_1_fetches_one() -> None:
     shown, plan = session([F, F, F], Policy(fetchlimit=1))
     assert shown == ["F1", "L2"]
     assert plan.status is ExitCode.MAXFETCH
+
+
+def test_the_commands_carry_what_the_progress_lines_say() -> None:
+    decisions = [Decision(M[0], FL), Decision(M[1], FO), Decision(M[2], BIGX),
+                 Decision(M[3], F)]
+    plan = SessionPlan(decisions, Policy(fetchlimit=0))
+    assert [plan.next() for _ in range(5)] == [
+        Remove(M[0], ""), Remove(M[1], "oversized"), Skip(M[2], "oversized"), Fetch(M[3]), None,
+    ]
+    limited = SessionPlan([Decision(M[0], F), Decision(M[1], F)], Policy(fetchlimit=1))
+    assert [limited.next(), limited.next()] == [Fetch(M[0]), FetchlimitReached(1, 1)]
+
+
+def test_a_verified_stranger_adds_to_the_fetches_of_earlier_sessions() -> None:
+    plan = SessionPlan([Decision(M[0], DD, C)], Policy(), fetched=3)
+    plan.next()
+    plan.verified(False)
+    assert plan.fetched == 4

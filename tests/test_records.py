@@ -151,7 +151,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", str(mountpoint)], check=False)
+        # lazily: a file a failed test left open must not keep the mount behind
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_a_full_disk_under_the_idfile_stops_before_any_deletion_and_says_so(
@@ -190,3 +191,34 @@ def test_the_idfile_is_rewritten_on_its_own_file_system(tiny_disk: Path) -> None
     store.save()
     assert ids.read_text() == "bob@host u1\n"
     assert sorted(p.name for p in tiny_disk.iterdir()) == [".fetchids", ".fetchids.journal"]
+
+
+def test_a_full_disk_is_said_plainly_and_records_nothing_half(tiny_disk: Path) -> None:
+    from fetcher.errors import LocalError
+    from fetcher.exitcodes import ExitCode
+    from fetcher.uidstore import Identity, UidStore
+
+    ids = tiny_disk / ".fetchids"
+    store = UidStore(str(ids))
+    store.load()
+    store.record("bob@host", "u0", delete_pending=False)  # something for save() to write
+    with (tiny_disk / "filler").open("wb") as handle, pytest.raises(OSError):
+        handle.write(b"x" * 1024 * 1024)
+        handle.flush()
+    long_uid = "u1" + "x" * 8192  # more than the journal's last page has left
+    with pytest.raises(LocalError) as info:
+        store.record("bob@host", long_uid, delete_pending=True, identity=Identity(5, "e" * 32))
+    assert info.value.exit_code is ExitCode.IOERR
+    assert info.value.message == (
+        f"cannot write {ids}.journal: No space left on device; "
+        "mail not yet recorded stays on the server"
+    )
+    with pytest.raises(LocalError, match="No space left on device") as saving:
+        store.save()
+    assert str(tiny_disk) in saving.value.message
+    (tiny_disk / "filler").unlink()
+    store.record("bob@host", "u2", delete_pending=False)  # room again: it goes on
+    store.close()
+    again = UidStore(str(ids))
+    again.load()
+    assert again.seen("bob@host") == {"u0", "u2"}  # u1 never half recorded

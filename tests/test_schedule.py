@@ -76,6 +76,9 @@ def test_retry_delay_doubles_up_to_a_bound(seconds: float, failures: int, expect
         (Health(3, REFUSED), OK, None, False, False, f"{ACCOUNT} works again", Health(), 60.0),
         (Health(3, REFUSED), NONE, None, False, False, f"{ACCOUNT} works again", Health(),
          60.0),
+        # a failure with no text to say: nothing said before, so nothing to take back
+        (Health(1, None), OK, None, False, False, None, Health(), 60.0),
+        (Health(1, REFUSED), SOCK, None, False, True, None, Health(2, REFUSED), 120.0),
     ],
 )
 def test_after_poll(
@@ -106,7 +109,18 @@ def test_due_takes_the_mailboxes_whose_time_has_come_in_their_order() -> None:
         ([NONE, SOCK], False, SOCK),
         ([NONE, SOCK, None], False, SOCK),  # never polled (a run stopped first): not counted
         ([SOCK, AUTH], True, OK),  # any mail at all: 0
+        ([NONE, SOCK, AUTH], False, AUTH),
     ],
 )
 def test_run_status(statuses: list[ExitCode | None], retrieved: bool, expected: ExitCode) -> None:
     assert run_status(statuses, retrieved) is expected
+
+
+def test_polls_a_tenth_of_the_interval_apart_join_one_cycle() -> None:
+    assert together(60) == 6.0
+    assert together(0) == 0.0
+
+
+def test_without_verbose_a_repeated_failure_is_not_said_again() -> None:
+    decision = after_poll(Health(2, REFUSED), SOCK, REFUSED, account=ACCOUNT, period_seconds=60.0)
+    assert not decision.say
