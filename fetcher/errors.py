@@ -68,8 +68,9 @@ class ServerConnectionError(RemoteError, ConnectionError):
     exit_code = ExitCode.SOCKET
 
 
-class ServerTimeoutError(RemoteError, TimeoutError):
-    exit_code = ExitCode.ERROR
+class ServerTimeoutError(ServerConnectionError, TimeoutError):
+    """The server stopped answering (exit 2): fetchmail 6.4 reports every timeout as a socket
+    error (PS_SOCKET), whether it waited for the greeting, a reply or a message's text."""
 
 
 class AuthenticationError(RemoteError):

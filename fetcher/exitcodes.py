@@ -15,7 +15,7 @@ class ExitCode(IntEnum):
     PROTOCOL = 4  # fatal protocol error
     SYNTAX = 5  # syntax error in the arguments or the rcfile; pre/postconnect failed
     IOERR = 6  # the rcfile has bad permissions (fetchmail's "PS_IOERR")
-    ERROR = 7  # error reported by the server; also a server timeout
+    ERROR = 7  # error reported by the server (a timeout is a socket error, 2, in 6.4)
     EXCLUDE = 8  # client-side exclusion: another instance runs, or we cannot tell
     LOCKBUSY = 9  # the server answered "lock busy"
     SMTP = 10  # SMTP port open or transaction failed

@@ -15,6 +15,7 @@ from fetcher.errors import (
     ListenerUnavailableError,
     PyfetchError,
     ServerConnectionError,
+    ServerTimeoutError,
 )
 from fetcher.model import ServerOptions, UserOptions
 
@@ -110,6 +111,8 @@ def describe_failure(err: PyfetchError, server: ServerOptions, user: UserOptions
             f"{err.message}\npyfetch: SMTP transaction error while fetching from {account} "
             f"and delivering to SMTP host {', '.join(user.smtphunt)}"
         )
+    if isinstance(err, ServerTimeoutError):  # fetchmail 6.4.37's words for a timeout
+        return f"{err.message}\npyfetch: socket error while fetching from {account}"
     if isinstance(err, ServerConnectionError):
         return f"{err.message}\npyfetch: Socket or TLS error on {account}"
     return f"{err.message} ({account})"

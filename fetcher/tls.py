@@ -35,7 +35,9 @@ Certificate checks, by the options:
   as in fetchmail. Unlike fetchmail, an IP address is matched against the IP SANs.
 - `sslcertfile`/`sslcertpath` replace the system trust store, unless the environment variable
   FETCHMAIL_INCLUDE_DEFAULT_X509_CA_CERTS is non-empty, in which case they are added to it.
-- `no sslcertck`: the traffic is still encrypted, but nothing about the certificate is checked.
+- `no sslcertck`: the traffic is still encrypted and a certificate that does not verify is
+  accepted, but with fetchmail's warning before any credential is sent (see
+  `checks_only_to_warn`).
 - `sslfingerprint`: the certificate's digest must match: fetchmail's MD5 `AA:BB:...` form, or
   SHA-1 or SHA-256 (colon-separated or plain hex, any case). A mismatch always refuses. A match
   is enough on its own: the pin stands in for the CA and the name check. fetchmail 6.4 also
@@ -48,17 +50,21 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import logging
 import os
 import re
 import socket
 import ssl
 import warnings
 
+from fetcher import trace
 from fetcher.errors import ConfigError, TLSError
 from fetcher.model import UserOptions
 
-_log = logging.getLogger(__name__)
+# fetchmail 6.4.37's words (on stderr, with or without -v) after a handshake under `no sslcertck`
+# whose certificate did not verify.
+INSECURE_WARNING = (
+    "Warning: the connection is insecure, continuing anyways. (Better use --sslcertck!)"
+)
 
 INCLUDE_DEFAULT_CAS_ENV = "FETCHMAIL_INCLUDE_DEFAULT_X509_CA_CERTS"
 
@@ -109,7 +115,9 @@ SSLPROTO_VERSIONS: dict[str, tuple[ssl.TLSVersion, ssl.TLSVersion | None]] = {
 _REFUSED_SSLPROTO = frozenset({"ssl2", "ssl3", "ssl3+"})
 
 
-def sslproto_bounds(sslproto: str | None) -> tuple[ssl.TLSVersion, ssl.TLSVersion | None]:
+def sslproto_bounds(
+    sslproto: str | None, *, quiet: bool = False
+) -> tuple[ssl.TLSVersion, ssl.TLSVersion | None]:
     """The (minimum, maximum) TLS version for an `sslproto` value; None and '' mean `auto`.
 
     SSLv2/SSLv3 raise ConfigError. Any other unknown value is treated as `auto` with a warning,
@@ -124,7 +132,9 @@ def sslproto_bounds(sslproto: str | None) -> tuple[ssl.TLSVersion, ssl.TLSVersio
         )
     bounds = SSLPROTO_VERSIONS.get(key)
     if bounds is None:
-        _log.warning("Invalid SSL protocol '%s' specified, using default autoselect (auto).", key)
+        if not quiet:
+            trace.warning(f"Invalid SSL protocol '{key}' specified, using default autoselect "
+                          "(auto).")
         bounds = SSLPROTO_VERSIONS["auto"]
     return bounds
 
@@ -238,15 +248,45 @@ def expected_hostname(user: UserOptions, server_name: str) -> str:
     return user.sslcommonname or server_name
 
 
-def client_context(user: UserOptions, server_name: str) -> ClientContext:
+def checks_only_to_warn(user: UserOptions) -> bool:
+    """`no sslcertck` and no `sslfingerprint`: the certificate is accepted whatever it is, but
+    fetchmail checks it all the same and warns (INSECURE_WARNING) when it does not verify.
+
+    Python's ssl module cannot tell after the handshake whether an unchecked certificate would
+    have verified, so a driver first tries a context that checks (`client_context(...,
+    verify=True)`), and only when that handshake fails on the certificate connects again with
+    the unchecked one and calls `warn_unverified()`. A certificate that verifies costs nothing
+    more; one that does not costs a second connection.
+    """
+    return not user.sslcertck and not user.sslfingerprint
+
+
+def warn_unverified(err: ssl.SSLCertVerificationError, label: str) -> None:
+    """fetchmail's warning for a connection made although its certificate did not verify: why
+    it did not (fetchmail's first line, in the words of a refused `sslcertck`), then the
+    warning itself. Call it once per connection, before any credential is sent."""
+    trace.warning(describe_handshake_error(err, label))
+    trace.warning(INSECURE_WARNING)
+
+
+def client_context(
+    user: UserOptions, server_name: str, *, verify: bool | None = None
+) -> ClientContext:
     """The SSLContext for connecting to `server_name` (the `via` name, else the poll name).
+
+    `verify=True` checks the chain and the name whatever `sslcertck` says (see
+    `checks_only_to_warn`); None checks as the options say. A context with `verify` given is a
+    second one for the same options: the warnings about them were given with the first.
 
     Raises ConfigError for an impossible `sslproto` or a malformed `sslfingerprint`, and
     TLSError (exit 2, as fetchmail) when a certificate, key or CA file cannot be loaded.
     """
-    if user.ssl and user.sslproto == "":
-        _log.error("sslproto '' cannot be used with ssl; using 'auto' for %s", server_name)
-    minimum, maximum = sslproto_bounds(user.sslproto)
+    second = verify is not None
+    if verify is None:
+        verify = user.sslcertck
+    if user.ssl and user.sslproto == "" and not second:
+        trace.warning(f"sslproto '' cannot be used with ssl; using 'auto' for {server_name}")
+    minimum, maximum = sslproto_bounds(user.sslproto, quiet=second)
     if user.sslfingerprint:
         parse_fingerprint(user.sslfingerprint)  # a bad pin is a configuration error, now
 
@@ -268,9 +308,10 @@ def client_context(user: UserOptions, server_name: str) -> ClientContext:
     _load_trust_store(context, user)
     _load_client_certificate(context, user)
 
-    if context.pin is not None or not user.sslcertck:
-        # With a pin, the pin is the check (see _CheckedSocket). With `no sslcertck`, fetchmail
-        # encrypts but checks nothing. The chain check and name check are switched off together.
+    if context.pin is not None or not verify:
+        # With a pin, the pin is the check (see _CheckedSocket). With `no sslcertck` any
+        # certificate is accepted (a driver tries a checking context first, only to warn: see
+        # checks_only_to_warn). The chain check and name check are switched off together.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     else:

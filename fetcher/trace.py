@@ -16,15 +16,13 @@ _log = logging.getLogger(TRACE_LOGGER)
 
 
 def setup(verbose: int, console: Console) -> None:
-    """-v shows the dialogue on stdout, prefixed as fetchmail prefixes it, through the run's
-    console (so that a poll's trace stays with its other lines)."""
+    """Where trace lines go, through the run's console (so that a poll's lines stay together):
+    -v shows the dialogue on stdout, prefixed as fetchmail prefixes it; warnings (a listener
+    that did not answer, an unverified certificate) reach stderr with or without -v."""
     _log.handlers.clear()
     _log.propagate = False
-    if verbose:
-        _log.addHandler(_ConsoleHandler(console))
-        _log.setLevel(logging.INFO)
-    else:
-        _log.setLevel(logging.WARNING)
+    _log.addHandler(_ConsoleHandler(console))
+    _log.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 class _ConsoleHandler(logging.Handler):
@@ -33,7 +31,8 @@ class _ConsoleHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.console.write("out", f"pyfetch: {record.getMessage()}\n")
+        line = f"pyfetch: {record.getMessage()}\n"
+        self.console.write("err" if record.levelno >= logging.WARNING else "out", line)
 
 
 def enabled() -> bool:
@@ -64,3 +63,8 @@ def note(text: str) -> None:
     """A -v line that is not protocol dialogue, e.g. `Trying to connect to H/P...connected.`"""
     if _log.isEnabledFor(logging.INFO):
         _log.info("%s", text)
+
+
+def warning(text: str) -> None:
+    """A line the user must see, -v or not (on stderr): fetchmail's warnings."""
+    _log.warning("%s", text)

@@ -77,7 +77,7 @@ def test_reconnecting_backs_off(failures: int, delay: float) -> None:
         (ExitCode.AUTHFAIL, True, False),  # it worked before: the server is having trouble
         (ExitCode.SYNTAX, False, True),  # e.g. a preconnect command that fails
         (ExitCode.SOCKET, False, False),  # server down at start: keep trying
-        (ExitCode.ERROR, False, False),  # a timeout
+        (ExitCode.ERROR, False, False),  # the server said something went wrong
         (ExitCode.PROTOCOL, True, False),
         (ExitCode.LOCKBUSY, False, False),
         # every lasting failure, one by one: another try would not cure it

@@ -3,7 +3,7 @@ and the TLS mode and context (built only by fetcher.tls)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from fetcher import tls
 from fetcher.config import DEFAULT_TIMEOUT, service_port
@@ -29,6 +29,7 @@ class Endpoint:
         self.port: int | None = None
         self.tls_active = False
         self._context: tls.ClientContext | None = None
+        self._verifying: tls.ClientContext | None = None
 
     def _resolve_port(self) -> int:
         """The `service`/`port` option as a number or a name, else the protocol's default."""
@@ -50,7 +51,34 @@ class Endpoint:
             self._context = tls.client_context(self.user, self.host)
         return self._context
 
-    def _timeout_error(self) -> ServerTimeoutError:
-        return ServerTimeoutError(
-            f"timeout after {self.timeout} seconds waiting for server {self.label}."
-        )
+    def _checking_context(self) -> tls.ClientContext | None:
+        """With `no sslcertck` and no pin, a context that checks the certificate as `sslcertck`
+        would, tried first only to learn whether to warn (see tls.checks_only_to_warn); None
+        otherwise."""
+        if not tls.checks_only_to_warn(self.user):
+            return None
+        if self._verifying is None:
+            self._tls_context()  # the configured one first: its warnings are said once, by it
+            self._verifying = tls.client_context(self.user, self.host, verify=True)
+        return self._verifying
+
+    def _timeout_error(
+        self, waiting: Literal["connect", "server"] | None = "server"
+    ) -> ServerTimeoutError:
+        """fetchmail's words for a timeout, by what it waited for. Checked against fetchmail
+        6.4.37 (`timeout 3`, a scripted POP3 server), every case exit 2:
+        - "connect": a TCP connect that never completes, a stalled implicit-TLS handshake
+          ("timeout after 3 seconds waiting to connect to server H.");
+        - "server": no greeting, no reply to a command (CAPA, USER, PASS, STAT, LIST, UIDL,
+          TOP, RETR, DELE, QUIT) or a listing cut short ("... waiting for server H.");
+        - None: a message's text that stops after its +OK line, in the header or the body,
+          and a stalled STLS handshake ("timeout after 3 seconds.", without the server's name;
+          fetchmail names the account on the next line, as the run's report does).
+        """
+        if waiting == "connect":
+            where = f" waiting to connect to server {self.label}"
+        elif waiting == "server":
+            where = f" waiting for server {self.label}"
+        else:
+            where = ""
+        return ServerTimeoutError(f"timeout after {self.timeout} seconds{where}.")

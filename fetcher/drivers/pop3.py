@@ -4,7 +4,8 @@ poplib opens the socket, wraps it for implicit TLS and reads the greeting. The d
 is written here, on poplib's socket and file, because poplib:
 - checks no certificate unless handed a context (ours comes from fetcher.tls);
 - keeps a whole RETR in a list, and refuses lines over 2048 octets (`_MAXLINE`), while real
-  mail has lines far longer; we stream each line to the caller's file, up to MAX_LINE;
+  mail has lines far longer; we stream the text to the caller's file whatever its line
+  lengths, holding at most MAX_LINE octets of a line (fetchmail delivers any line too);
 - reads CAPA again inside `stls()`, and traces to stdout instead of our -v trace.
 
 Order of a session (fetchmail's, minus LAST):
@@ -27,13 +28,14 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Literal, Protocol, cast
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
 from fetcher.drivers.endpoint import Endpoint
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
+    Secrets,
     oauth_error_status,
     oauth_refused,
     oauth_response,
@@ -55,7 +57,9 @@ from fetcher.model import ServerOptions, UserOptions
 PROTO = "POP3"
 DEFAULT_PORT = 110
 DEFAULT_SSL_PORT = 995
-MAX_LINE = 1024 * 1024  # longest message line accepted, without its CRLF
+# The most of one message line held in memory: a longer line is written on in pieces of about
+# this size. Not a limit: a message line may be any length.
+MAX_LINE = 1024 * 1024
 MAX_REPLY_LINE = 8192  # longest status or listing line (RFC 2449 allows only 512)
 MAX_CAPA_LINES = 1000  # a CAPA listing longer than this is not a POP3 server talking
 MAX_UID = 512  # RFC 1939 says 70; some servers exceed it, none by this much (CVE-2005-2335)
@@ -76,6 +80,11 @@ class ConnectFactory(Protocol):
     ) -> poplib.POP3: ...
 
 
+class _ConnectTimeout(TimeoutError):
+    """The TCP connect or the implicit-TLS handshake timed out, not the wait for the greeting:
+    fetchmail words the two differently."""
+
+
 class _Pop3Connection(poplib.POP3):
     """poplib.POP3 with TCP_NODELAY, our TLS context, and no socket leak on a bad greeting."""
 
@@ -90,13 +99,19 @@ class _Pop3Connection(poplib.POP3):
             raise
 
     def _create_socket(self, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout)
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout)
+        except TimeoutError as err:
+            raise _ConnectTimeout(*err.args) from err
         try:
             # Commands are short and each waits for its reply: Nagle only adds latency.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:
                 # The socket's timeout also bounds the handshake (CVE-2011-1947).
                 return self._context.wrap_socket(sock, server_hostname=self.host)
+        except TimeoutError as err:
+            sock.close()
+            raise _ConnectTimeout(*err.args) from err
         except BaseException:
             sock.close()
             raise
@@ -185,6 +200,9 @@ class Pop3Driver(Endpoint):
         self.capa_supported = False  # CAPA answered +OK
         self._connect_factory: ConnectFactory = connect_factory or open_connection
         self._conn: poplib.POP3 | None = None
+        # What we sent that no error or trace line may show; each authentication step adds its
+        # own. Whatever the server says is shown only through it (see _shown).
+        self._secrets = Secrets(user.password)
 
     # -- MailboxDriver -------------------------------------------------------------------
 
@@ -192,8 +210,7 @@ class Pop3Driver(Endpoint):
         port = self._resolve_port()
         self.port = port
         if self.tls_mode is tls.TlsMode.IMPLICIT:
-            self._open(port, self._tls_context())
-            self.tls_active = True
+            self._open_implicit(port)
         else:
             self._open(port, None)
         self._probe_capabilities()
@@ -242,7 +259,9 @@ class Pop3Driver(Endpoint):
         for line in self._read_listing(max_lines=count):
             number, size = self._parse_counts(line, "LIST")
             if not 1 <= number <= count or number in sizes:
-                raise ProtocolError(f"{self.label}: bogus LIST line {line!r} for {count} messages")
+                raise ProtocolError(
+                    f"{self.label}: bogus LIST line {self._shown(line)!r} for {count} messages"
+                )
             sizes[number] = size
         uids = self._uid_listing(count)
         return [MessageInfo(n, sizes[n], uids.get(n)) for n in sorted(sizes)]
@@ -255,7 +274,7 @@ class Pop3Driver(Endpoint):
             command = f"RETR {number}"
         reply = self._command(command)
         if not reply.ok:
-            raise ProtocolError(f"{self.label}: {command} failed: {reply.text or reply.line}")
+            raise ProtocolError(f"{self.label}: {command} failed: {self._shown_reply(reply)}")
         # Trace the status line only: message contents never reach the log.
         return self._copy_text(out, MAX_LINE, what=f"text of message {number}")
 
@@ -285,6 +304,27 @@ class Pop3Driver(Endpoint):
 
     # -- connection and TLS --------------------------------------------------------------
 
+    def _open_implicit(self, port: int) -> None:
+        """Connect with TLS from the first octet. Under `no sslcertck` the certificate is
+        checked all the same, only to warn as fetchmail does (tls.checks_only_to_warn)."""
+        checking = self._checking_context()
+        if checking is not None:
+            try:
+                self._open(port, checking)
+            except TLSError as err:
+                if not isinstance(err.__cause__, ssl.SSLCertVerificationError):
+                    raise
+                unverified = err.__cause__
+            else:
+                self.tls_active = True
+                return
+            self._open(port, self._tls_context())
+            self.tls_active = True
+            tls.warn_unverified(unverified, self.label)
+            return
+        self._open(port, self._tls_context())
+        self.tls_active = True
+
     def _open(self, port: int, context: ssl.SSLContext | None) -> None:
         try:
             conn = self._connect_factory(
@@ -292,8 +332,10 @@ class Pop3Driver(Endpoint):
             )
         except TLSError:
             raise  # a pin mismatch, already worded
+        except _ConnectTimeout as err:
+            raise self._timeout_error("connect") from err
         except TimeoutError as err:
-            raise self._timeout_error() from err
+            raise self._timeout_error("server") from err
         except ssl.SSLError as err:
             reason = tls.describe_handshake_error(err, self.label)
             raise TLSError(f"{self.label}: {reason}") from err
@@ -313,8 +355,8 @@ class Pop3Driver(Endpoint):
             self.peer_address = str(conn.sock.getpeername()[0])
         except (OSError, AttributeError, IndexError, TypeError):
             self.peer_address = None
-        self.greeting = conn.welcome.decode("utf-8", "replace")
-        trace.received(PROTO, self.greeting)
+        self.greeting = conn.welcome.decode("utf-8", "replace")  # as sent: APOP reads it
+        trace.received(PROTO, self._shown(self.greeting))
 
     def _greeting_error(self, err: poplib.error_proto, port: int) -> RemoteError:
         arg = err.args[0] if err.args else ""
@@ -325,19 +367,24 @@ class Pop3Driver(Endpoint):
                     f"connection to {self.host}:{port} lost: the server closed it before greeting"
                 )
             return ProtocolError(f"{self.label}: bad greeting: {arg}")
-        text = arg.decode("utf-8", "replace")
+        text = self._shown(arg.decode("utf-8", "replace"))
         trace.received(PROTO, text)
         if text.startswith("-ERR"):
             return self._refusal(text[4:].strip(), stage="greeting")
         return ProtocolError(f"{self.label}: bad greeting: {text[:80]!r}")
 
-    def _starttls(self, port: int) -> None:
+    def _starttls(
+        self, port: int, *, unverified: ssl.SSLCertVerificationError | None = None
+    ) -> None:
+        """STLS, then CAPA again over TLS. `unverified`: this is the second connection under
+        `no sslcertck`, the first having shown that the certificate does not verify."""
         required = self.tls_mode is tls.TlsMode.STARTTLS
         if not required and "STLS" not in self.capabilities:
             return
         # When TLS is required, send STLS even if CAPA did not offer it (fetchmail >= 6.3.19): a
         # man in the middle who strips STLS from CAPA then gains nothing.
-        context = self._tls_context()
+        checking = None if unverified is not None else self._checking_context()
+        context = checking or self._tls_context()
         reply = self._command("STLS")
         if not reply.ok:
             if required:
@@ -356,9 +403,16 @@ class Pop3Driver(Endpoint):
             raise TLSError(f"{self.label}: upgrade to TLS failed: {err}") from err
         except TimeoutError as err:
             self.close()
-            raise self._timeout_error() from err
+            raise self._timeout_error(None) from err  # fetchmail: "timeout after N seconds."
         except OSError as err:  # ssl.SSLError included
             self.close()
+            if checking is not None and isinstance(err, ssl.SSLCertVerificationError):
+                # `no sslcertck`: fetchmail goes on with a warning. The failed handshake left
+                # this connection unusable, so the session starts again without the check.
+                self._open(port, None)
+                self._probe_capabilities()
+                self._starttls(port, unverified=err)
+                return
             if required:
                 reason = (
                     tls.describe_handshake_error(err, self.label)
@@ -377,6 +431,8 @@ class Pop3Driver(Endpoint):
         with contextlib.suppress(OSError):
             old_file.close()
         self.tls_active = True
+        if unverified is not None:
+            tls.warn_unverified(unverified, self.label)  # before any credential goes out
         # RFC 2595: forget what was said in plaintext, an attacker may have edited it.
         self._probe_capabilities()
 
@@ -457,7 +513,7 @@ class Pop3Driver(Endpoint):
             return self._auth_refused(self._read_status(), may_fall_back)
         mac = hmac.new(password.encode("utf-8"), challenge, hashlib.md5).hexdigest()
         answer = base64.b64encode(f"{self.user.remote} {mac}".encode()).decode("ascii")
-        self._send(answer, answer)
+        self._send(answer, answer, mac)  # the HMAC is as good as the password to a guesser
         final = self._read_status()
         if final.ok:
             return True
@@ -498,14 +554,17 @@ class Pop3Driver(Endpoint):
                 status = oauth_error_status(base64.b64decode(reply.text, validate=True))
             except (binascii.Error, ValueError):
                 status = None
+            if status is not None:
+                status = self._shown(status)  # the server chose it: it may be an echo
             self._send("")
             reply = self._read_status(blob, token)
         if reply.ok:
             return
-        error = self._refusal(trace.redact(reply.text, blob), stage="auth")
+        error = self._refusal(reply.text, stage="auth")
         if isinstance(error, AuthenticationError):
-            text = trace.redact(reply.text, token, blob)
-            raise AuthenticationError(oauth_refused(self.label, account, mechanism, text, status))
+            raise AuthenticationError(
+                oauth_refused(self.label, account, mechanism, self._shown(reply.text), status)
+            )
         raise error
 
     def _auth_refused(self, reply: Reply, may_fall_back: bool) -> bool:
@@ -521,7 +580,7 @@ class Pop3Driver(Endpoint):
 
     def _refusal(self, text: str, *, stage: str) -> RemoteError:
         """The error for an -ERR before we are logged in, by fetchmail's reading of its text."""
-        text = trace.redact(text, self.user.password)
+        text = self._shown(text)
         if _is_lock_busy(text):
             return LockBusyError(f"{self.label}: lock busy! Is another session active? ({text})")
         if _is_server_busy(text):
@@ -542,12 +601,16 @@ class Pop3Driver(Endpoint):
         for line in self._read_listing(max_lines=count):
             parts = line.split()
             if len(parts) != 2 or not parts[0].isdigit():
-                raise ProtocolError(f"{self.label}: bogus UIDL line {line!r}")
+                raise ProtocolError(f"{self.label}: bogus UIDL line {self._shown(line)!r}")
             number, uid = int(parts[0]), parts[1]
             if not 1 <= number <= count or number in uids:
-                raise ProtocolError(f"{self.label}: bogus UIDL line {line!r} for {count} messages")
+                raise ProtocolError(
+                    f"{self.label}: bogus UIDL line {self._shown(line)!r} for {count} messages"
+                )
             if len(uid) > MAX_UID or not uid.isascii() or not uid.isprintable():
-                raise ProtocolError(f"{self.label}: unusable UID in UIDL line {line[:80]!r}")
+                raise ProtocolError(
+                    f"{self.label}: unusable UID in UIDL line {self._shown(line)[:80]!r}"
+                )
             uids[number] = uid
         return uids
 
@@ -556,9 +619,9 @@ class Pop3Driver(Endpoint):
         # how CVE-2001-1009 and CVE-2002-0146 started.
         parts = text.split()
         if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
-            raise ProtocolError(f"{self.label}: bogus {what} reply {text!r}")
+            raise ProtocolError(f"{self.label}: bogus {what} reply {self._shown(text)!r}")
         if not (parts[0].isascii() and parts[1].isascii()):
-            raise ProtocolError(f"{self.label}: bogus {what} reply {text!r}")
+            raise ProtocolError(f"{self.label}: bogus {what} reply {self._shown(text)!r}")
         return int(parts[0]), int(parts[1])
 
     def _read_listing(self, *, max_lines: int) -> list[str]:
@@ -567,7 +630,8 @@ class Pop3Driver(Endpoint):
         while True:
             raw = self._read_line(MAX_REPLY_LINE, what="listing")
             line = raw.decode("utf-8", "replace")
-            trace.received(PROTO, line)
+            if trace.enabled():  # a listing may have many thousands of lines
+                trace.received(PROTO, self._shown(line))
             if raw == b".":
                 return lines
             if len(lines) >= max_lines:
@@ -594,7 +658,7 @@ class Pop3Driver(Endpoint):
     def _expect_ok(self, command: str) -> Reply:
         reply = self._command(command)
         if not reply.ok:
-            raise ProtocolError(f"{self.label}: {command} failed: {reply.text or reply.line}")
+            raise ProtocolError(f"{self.label}: {command} failed: {self._shown_reply(reply)}")
         return reply
 
     def _send(self, line: str, *secrets: str) -> None:
@@ -605,61 +669,81 @@ class Pop3Driver(Endpoint):
                 + trace.redact(line.split(" ", 1)[0], *secrets)
             )
         conn = self._require_connection()
-        trace.sent(PROTO, line, *secrets)
+        self._secrets.add(*secrets)  # before it goes out: the reply may echo it
+        trace.sent(PROTO, self._shown(line))
         with self._wire():
             conn.sock.sendall(line.encode("utf-8") + b"\r\n")
 
     def _read_status(self, *secrets: str) -> Reply:
+        self._secrets.add(*secrets)
         raw = self._read_line(MAX_REPLY_LINE, what="reply")
         line = raw.decode("utf-8", "replace")
-        trace.received(PROTO, line, self.user.password, *secrets)
+        trace.received(PROTO, self._shown(line))
         for word, ok in (("+OK", True), ("-ERR", False)):
             if line.startswith(word) and (len(line) == len(word) or not line[len(word)].isalpha()):
                 return Reply(ok, line[len(word) :].strip(), line)
         if line.startswith("+"):
             return Reply(False, line[1:].strip(), line)  # a SASL continuation ("+ base64")
         self._abort()
-        raise ProtocolError(f"{self.label}: unexpected reply {line[:80]!r}")
+        raise ProtocolError(f"{self.label}: unexpected reply {self._shown(line)[:80]!r}")
 
-    def _copy_text(self, out: BinaryIO, limit: int, *, what: str) -> int:
+    def _copy_text(self, out: BinaryIO, hold: int, *, what: str) -> int:
         """Copy a multi-line reply to `out` up to its terminating `.` line: dot-stuffing
-        undone (RFC 1939 section 3), every line ended by CRLF (a bare LF is tolerated), no
-        line longer than `limit` octets. Returns the octets written.
+        undone (RFC 1939 section 3), every line ended by CRLF (a bare LF is tolerated).
+        Returns the octets written.
+
+        A line may be of any length: once `hold` octets of a line whose end has not arrived
+        are in, they are written on, so memory does not grow with the line. A line held back
+        that way is written as the same octets, in pieces (see _write_part).
 
         It works a block at a time on what the connection has buffered, with bytes
         operations: a 100 MB message has 1.4 million lines, and a Python step per line cost
         more than the transfer. Nothing after the terminator is consumed."""
         # poplib's makefile("rb"): a BufferedReader, whose peek() shows what is buffered
         reader = cast(io.BufferedReader, self._require_connection().file)
-        pending = bytearray()  # the start of a line whose end has not arrived yet
+        hold = max(hold, 3)  # a line start of 3 octets without LF can no longer be ". CRLF"
+        pending = bytearray()  # the part of a line not written yet; its LF has not arrived
+        continued = False  # pending is the rest of a line whose start was written already
         written = 0
         while True:
-            with self._wire():
+            with self._wire(None):
                 block = reader.peek(1)  # all that is buffered, or one read's worth
             if not block:
                 raise self._cut_short(what)
             if b"\n" not in block:  # the middle of a long line
-                with self._wire():
+                with self._wire(None):
                     pending += reader.read(len(block))
-                if len(pending) >= limit + 2:
-                    raise self._too_long(what, limit)
+                if len(pending) >= hold:
+                    written += _write_part(out, pending, line_start=not continued)
+                    continued = True
                 continue
             data = bytes(pending) + block
-            end, end_length = _terminator(data)
-            lines = data[:end] if end >= 0 else data[: data.rfind(b"\n") + 1]
-            rest = b"" if end >= 0 else data[len(lines) :]
-            if _longest_line(lines, limit) > limit + 2 or len(rest) >= limit + 2:
-                raise self._too_long(what, limit)
-            with self._wire():
+            text = b""
+            start = 0  # where the first line that starts in `data` starts
+            if continued:
+                # The end of a line written on in part: nothing in it starts a line.
+                start = data.index(b"\n") + 1
+                text = _line_end(data[:start])
+                continued = False
+            end, end_length = _terminator(data[start:])
+            if end >= 0:
+                lines, rest, used = data[start : start + end], b"", start + end + end_length
+            else:
+                cut = data.rfind(b"\n") + 1
+                lines, rest, used = data[start:cut], data[cut:], len(data)
+            with self._wire(None):
                 # the whole block, or only up to the end of the terminator line
-                reader.read(len(block) if end < 0 else end + end_length - len(pending))
-            pending = bytearray(rest)
-            text = _unstuff(lines)
+                reader.read(used - len(pending))
+            text += _unstuff(lines)
             if text:
                 out.write(text)
                 written += len(text)
             if end >= 0:
                 return written
+            pending = bytearray(rest)
+            if len(pending) >= hold:
+                written += _write_part(out, pending, line_start=True)
+                continued = True
 
     def _read_line(self, limit: int, *, what: str) -> bytes:
         """One line without its CRLF (a bare LF is tolerated), of at most `limit` octets."""
@@ -686,14 +770,24 @@ class Pop3Driver(Endpoint):
             f"connection to {self.host}:{self.port} lost: the server closed it during the {what}"
         )
 
+    def _shown(self, text: str) -> str:
+        """Text as an error or a trace line may show it: every secret we sent on this connection
+        cut out, since a server may echo any of it in any reply. Only what is shown is cut: what
+        is parsed (sizes, UIDs) stays as the server sent it, a password of "1234" included."""
+        return self._secrets.redact(text)
+
+    def _shown_reply(self, reply: Reply) -> str:
+        return self._shown(reply.text or reply.line)
+
     @contextlib.contextmanager
-    def _wire(self) -> Iterator[None]:
-        """Socket failures as the driver's errors; the connection is dropped first."""
+    def _wire(self, waiting: Literal["server"] | None = "server") -> Iterator[None]:
+        """Socket failures as the driver's errors; the connection is dropped first. `waiting`
+        words a timeout: None while a message's text comes (see Endpoint._timeout_error)."""
         try:
             yield
         except TimeoutError as err:
             self._abort()
-            raise self._timeout_error() from err
+            raise self._timeout_error(waiting) from err
         except OSError as err:
             self._abort()
             raise self._lost(err) from err
@@ -720,12 +814,23 @@ def _terminator(data: bytes) -> tuple[int, int]:
     return min(found) if found else (-1, 0)
 
 
-def _longest_line(lines: bytes, limit: int) -> int:
-    """The length of the longest line in `lines`, its line end included; 0 when `lines` is
-    too short to hold one longer than `limit` (which spares the split)."""
-    if len(lines) <= limit:
-        return 0
-    return max(len(line) for line in lines.split(b"\n")) + 1
+def _write_part(out: BinaryIO, pending: bytearray, *, line_start: bool) -> int:
+    """Write on what is held of a line whose LF has not arrived (3 octets or more), and empty
+    `pending` of it. At the start of a line a stuffed dot is removed. A final CR stays held: it
+    may be the first half of the CRLF that ends the line. Returns the octets written."""
+    keep = 1 if pending.endswith(b"\r") else 0
+    part = bytes(pending[: len(pending) - keep])
+    del pending[: len(pending) - keep]
+    if line_start and part.startswith(b"."):
+        part = part[1:]
+    out.write(part)
+    return len(part)
+
+
+def _line_end(piece: bytes) -> bytes:
+    """The rest of a line, up to and with its LF, ended by CRLF."""
+    body = piece[:-2] if piece.endswith(b"\r\n") else piece[:-1]
+    return body + b"\r\n"
 
 
 def _unstuff(lines: bytes) -> bytes:

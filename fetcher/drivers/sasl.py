@@ -1,12 +1,16 @@
-"""SASL pieces shared by the POP3 and IMAP drivers: the OAuth2 bearer-token mechanisms.
+"""SASL pieces shared by the POP3 and IMAP drivers: the OAuth2 bearer-token mechanisms, and
+the redaction of every secret a driver sent from what the server says back.
 
 Kept apart from both drivers so that neither imports the other's protocol library.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 
+from fetcher import trace
 from fetcher.errors import ConfigError
 
 # `auth` values (fetcher.rcfile.lexer) -> SASL mechanism sending an OAuth2 bearer token.
@@ -56,3 +60,37 @@ def oauth_refused(label: str, account: str, mechanism: str, text: str, status: s
     if status:
         message += f" (error status {status})"
     return message
+
+
+# A run of base64, base64url or hex characters in a server's text. A run this long that is part
+# of a secret we sent is a piece of it: a server that cuts its echo of `AUTH PLAIN <base64>`
+# short still shows most of the password.
+_ENCODED_RUN = re.compile(r"[A-Za-z0-9+/=_-]{8,}")
+
+
+class Secrets:
+    """Everything secret a driver has sent on one connection (the password, an OAuth2 token, an
+    APOP digest, a CRAM-MD5 HMAC, each base64 response), to be cut out of whatever the server
+    sends back before it reaches an error or a trace line: a server may echo any of it, in any
+    reply."""
+
+    def __init__(self, *secrets: str | None) -> None:
+        self._forms: list[str] = []  # longest first, so that no shorter one splits a longer
+        self.add(*secrets)
+
+    def add(self, *secrets: str | None) -> None:
+        """Remember each secret, and its base64 form (what an echo of a SASL response holds)."""
+        for secret in secrets:
+            if not secret:
+                continue
+            for form in (secret, base64.b64encode(secret.encode("utf-8")).decode("ascii")):
+                if form not in self._forms:
+                    self._forms.append(form)
+        self._forms.sort(key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret, its base64 form, and any long piece of them, as `*`."""
+        text = trace.redact(text, *self._forms)
+        return _ENCODED_RUN.sub(
+            lambda m: "*" if any(m[0] in form for form in self._forms) else m[0], text
+        )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import os
 import re
 import socket
@@ -42,7 +41,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # CR/LF in an address would inject co
 
 # The -v channel: the runner prints it with the `pyfetch: ` prefix at INFO when verbose and at
 # WARNING otherwise, so a dead listener in the hunt list is reported even without -v.
-_console = logging.getLogger(trace.TRACE_LOGGER)
 
 
 @dataclass(frozen=True)
@@ -264,7 +262,7 @@ class _Wire:
 def _trace_eom(protocol: str) -> None:
     # fetchmail prints the terminator without the space the other lines have: `SMTP>. (EOM)`.
     if trace.enabled():
-        _console.info("%s>. (EOM)", protocol)
+        trace.note(f"{protocol}>. (EOM)")
 
 
 class SmtpSink:
@@ -357,7 +355,7 @@ class SmtpSink:
             try:
                 wire = await self._open_one(address)
             except _Broken as exc:
-                _console.warning("connection to %s failed: %s.", address.where, exc)
+                trace.warning(f"connection to {address.where} failed: {exc}.")
                 failures.append(f"{address.protocol} connect to {address.entry} failed ({exc})")
                 continue
             return wire
@@ -378,7 +376,7 @@ class SmtpSink:
 
     async def _hello(self, address: ListenerAddress, hello: str) -> _Wire:
         wire = await _Wire.open(address, self._timeouts.connect)
-        _console.info("Trying to connect to %s...connected.", address.where)
+        trace.note(f"Trying to connect to {address.where}...connected.")
         try:
             greeting = await wire.reply(self._timeouts.greeting)
             if greeting.code // 100 != 2:

@@ -7,7 +7,14 @@ is in what a real server will not do on request:
 - advertise STLS or strip it (`advertise_stls`), and accept or refuse it (`tls_context`);
 - inject plaintext after "+OK" to STLS (`inject_after_stls`);
 - answer any command with a canned line (`replies`, e.g. lock busy) or not at all (`silent`);
-- drop the connection part-way through a RETR (`drop_in_retr_after`);
+- drop the connection part-way through a RETR (`drop_in_retr_after`), or stop sending there and
+  keep it open (`stall_in_retr_after`);
+- send a RETR reply in pieces, pausing between them (`split_retr_at`: offsets into the
+  dot-stuffed text after the +OK line), so that the client reads a line start, a stuffed dot
+  or the terminator in two reads;
+- answer an authentication step with `-ERR` and the line it received (`echo_auth`: USER, PASS,
+  APOP, AUTH, or RESPONSE for the client's answer after a "+" continuation), or send an OAuth2
+  error challenge whose `status` is the token the client sent (CHALLENGE);
 - greet with an APOP timestamp (`apop_stamp`);
 - take AUTH XOAUTH2 and OAUTHBEARER (`oauth_token`, offered when `capabilities` has a SASL line
   naming them), with or without an initial response: the decoded client response must be
@@ -36,6 +43,9 @@ from typing import BinaryIO
 HOST = "127.0.0.1"
 SILENT_GREETING = "GREETING"  # in `silent`: accept the connection, never greet
 SILENT_HANDSHAKE = "HANDSHAKE"  # in `silent`: "+OK" to STLS, then never start TLS
+ECHO_RESPONSE = "RESPONSE"  # in `echo_auth`: the client's answer after a "+" continuation
+ECHO_CHALLENGE = "CHALLENGE"  # in `echo_auth`: the OAuth2 error challenge's status is the token
+SPLIT_PAUSE = 0.1  # seconds between the pieces of a split RETR reply
 OAUTH_ERROR = {"status": "400", "schemes": "bearer", "scope": "mail"}
 
 
@@ -100,6 +110,9 @@ class FakePop3Server:
         replies: Mapping[str, str] | None = None,
         silent: Iterable[str] = (),
         drop_in_retr_after: int | None = None,
+        stall_in_retr_after: int | None = None,
+        split_retr_at: Iterable[int] = (),
+        echo_auth: Iterable[str] = (),
         inject_after_stls: bytes = b"",
         oauth_token: str | None = None,
     ) -> None:
@@ -122,6 +135,9 @@ class FakePop3Server:
         self.replies = {k.upper(): v for k, v in (replies or {}).items()}
         self.silent = {s.upper() for s in silent}
         self.drop_in_retr_after = drop_in_retr_after
+        self.stall_in_retr_after = stall_in_retr_after
+        self.split_retr_at = sorted(split_retr_at)
+        self.echo_auth = {v.upper() for v in echo_auth}
         self.inject_after_stls = inject_after_stls
         if implicit_tls and tls_context is None:
             raise ValueError("implicit TLS needs a tls_context")
@@ -243,6 +259,9 @@ class FakePop3Server:
         if verb in self.silent:
             self._stopping.wait()
             return False
+        if verb in self.echo_auth:
+            s.line(f"-ERR {command}")
+            return True
         if verb in self.replies:
             s.line(self.replies[verb])
             return verb != "QUIT"
@@ -324,10 +343,10 @@ class FakePop3Server:
             return True
         challenge = b"<4711.1234@fake.example>"
         s.line("+ " + base64.b64encode(challenge).decode())
-        raw = s.rfile.readline(65536)
-        answer = raw.rstrip(b"\r\n").decode()
-        with self._lock:
-            self.received.append(Received(answer, s.tls))
+        answer = self._read_answer(s)
+        if ECHO_RESPONSE in self.echo_auth:
+            s.line(f"-ERR {answer}")
+            return True
         try:
             name, mac = base64.b64decode(answer).decode().split(" ", 1)
         except ValueError:
@@ -360,6 +379,9 @@ class FakePop3Server:
         if not initial:
             s.line("+ ")
             initial = self._read_answer(s)
+            if ECHO_RESPONSE in self.echo_auth:
+                s.line(f"-ERR {initial}")
+                return True
         try:
             decoded = base64.b64decode(initial, validate=True).decode("utf-8", "replace")
         except ValueError:
@@ -369,7 +391,10 @@ class FakePop3Server:
             self.sasl_received.append(decoded)
         if decoded == oauth_string(mechanism, self.user, self.oauth_token, self.port):
             return self._logged_in(s)
-        s.line("+ " + base64.b64encode(json.dumps(OAUTH_ERROR).encode()).decode())
+        error = dict(OAUTH_ERROR)
+        if ECHO_CHALLENGE in self.echo_auth:
+            error["status"] = decoded.partition("auth=Bearer ")[2].partition("\x01")[0]
+        s.line("+ " + base64.b64encode(json.dumps(error).encode()).decode())
         if self._read_answer(s):
             s.line("-ERR expected an empty response to the error challenge")
             return True
@@ -401,6 +426,11 @@ class FakePop3Server:
         return True
 
     def _cmd_list(self, s: _Session, arg: str) -> bool:
+        if arg.strip():  # "LIST n", as fetchmail sends it: one line (RFC 1939)
+            number = self._message(s, arg)
+            if number is not None:
+                s.line(f"+OK {number} {len(self.messages[number - 1])}")
+            return True
         live = self._live(s)
         lines = [f"+OK {len(live)} messages"]
         lines += [f"{n} {len(self.messages[n - 1])}" for n in live]
@@ -448,6 +478,24 @@ class FakePop3Server:
             with contextlib.suppress(OSError):
                 s.sock.shutdown(socket.SHUT_RDWR)
             return False
+        if self.stall_in_retr_after is not None:
+            s.send(payload[: self.stall_in_retr_after])
+            self._stopping.wait()  # the connection stays open, and nothing more comes
+            return False
+        if self.split_retr_at:
+            # Each piece goes out on its own and the client has time to read it before the
+            # next is sent, so a read of the client's ends exactly at each offset.
+            with contextlib.suppress(OSError):
+                s.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            status = len(payload) - len(stuffed) - 3  # offsets count from after the +OK line
+            start = 0
+            for at in (status + at for at in self.split_retr_at):
+                s.send(payload[start:at])
+                start = at
+                if self._stopping.wait(SPLIT_PAUSE):
+                    return False
+            s.send(payload[start:])
+            return True
         s.send(payload)
         return True
 
