@@ -420,3 +420,33 @@ def test_unreadable_files_are_tls_errors(pki: TestCA, tmp_path: Path) -> None:
 def test_bad_pin_is_refused_before_connecting() -> None:
     with pytest.raises(ConfigError, match="sslfingerprint"):
         tls.client_context(UserOptions(sslfingerprint="hello"), "mail.isp.net")
+
+
+def test_a_nul_in_a_certificate_name_does_not_pass_for_the_name_before_it(
+    pki: TestCA, tmp_path: Path
+) -> None:
+    """fetchmail's CVE-2009-2666: a CA-signed name `localhost\\0.evil.example` must not be
+    taken for `localhost`, as a C string comparison would."""
+    name = b"localhost\x00.evil.example"
+    general_names = bytes([0x82, len(name)]) + name  # dNSName [2] IMPLICIT IA5String
+    san = bytes([0x30, len(general_names)]) + general_names
+    (tmp_path / "nul.ext").write_text(
+        f"subjectAltName=DER:{san.hex()}\nbasicConstraints=critical,CA:FALSE\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    for args in (
+        ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", "nul.key", "-out", "nul.csr", "-subj", "/O=somebody else/CN=nobody"],
+        ["x509", "-req", "-in", "nul.csr", "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", "nul.ext", "-out", "nul.pem"],
+    ):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "nul.pem", tmp_path / "nul.key")
+    server = TlsServer(context)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError) as info:
+            handshake(server, with_ca(pki), "localhost")
+        assert "Hostname mismatch" in str(info.value)  # the chain itself is good
+    finally:
+        server.close()
