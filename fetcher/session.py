@@ -374,12 +374,15 @@ class AccountPoll:
         return "LMTP" if self.user.lmtp else "SMTP"
 
     async def _delete(self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo) -> bool:
-        """Delete on the server; a refusal (IMAP NO on STORE) is reported and the poll goes on
-        with the next message, so that one undeletable message cannot block the mailbox. Its
-        UID stays recorded, so it is never delivered twice."""
+        """Delete on the server; a refusal (IMAP NO on STORE, POP3 -ERR) is reported and the
+        poll goes on with the next message, so that one undeletable message cannot block the
+        mailbox. Its UID stays recorded, so it is never delivered twice. A reply that could not
+        be read at all has dropped the connection: that ends the session."""
         try:
             await mailbox.delete(info.number)
         except ProtocolError as err:
+            if not mailbox.connected:
+                raise
             self.reporter.error(f"could not delete message {info.shown_as}: {err.message}")
             return False
         plan.deleted(info)

@@ -47,16 +47,25 @@ def redact(text: str, *secrets: str | None) -> str:
     return text
 
 
+# Control characters a server sends (ESC, NUL, ...) would reach the terminal or the log as
+# they are: shown as "?", as fetchmail shows them in a listener's replies. A tab stays.
+_CONTROLS = {code: "?" for code in (*range(0x20), 0x7F) if code != 0x09}
+
+
+def _shown(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
 def sent(protocol: str, line: str, *secrets: str | None) -> None:
     """A command we sent, e.g. sent("POP3", "PASS hunter2", "hunter2") -> `POP3> PASS *`."""
     if _log.isEnabledFor(logging.INFO):
-        _log.info("%s> %s", protocol, redact(line, *secrets))
+        _log.info("%s> %s", protocol, _shown(redact(line, *secrets)))
 
 
 def received(protocol: str, line: str, *secrets: str | None) -> None:
     """A reply line we received, e.g. `POP3< +OK Logged in.`"""
     if _log.isEnabledFor(logging.INFO):
-        _log.info("%s< %s", protocol, redact(line, *secrets))
+        _log.info("%s< %s", protocol, _shown(redact(line, *secrets)))
 
 
 def note(text: str) -> None:

@@ -27,3 +27,14 @@ def need_fetchmail() -> None:
     if IN_CI:
         pytest.fail("fetchmail is missing and CI=true forbids skipping; scripts/test installs it")
     pytest.skip("fetchmail is not installed (scripts/test installs it)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The table of tests/test_hostile_suite.py (faults tried / survived), when it ran."""
+    # Looked up, never imported: a session that did not run the suite prints nothing.
+    suite = next(
+        (m for name, m in list(sys.modules.items()) if name.endswith("test_hostile_suite")), None
+    )
+    if suite is not None and getattr(suite, "OUTCOMES", None):
+        for line in suite.summary_lines():
+            terminalreporter.write_line(line)

@@ -38,6 +38,10 @@ class AutoDriver:
         return self._chosen.peer_address
 
     @property
+    def connected(self) -> bool:
+        return self._chosen.connected
+
+    @property
     def uidvalidity(self) -> int | None:
         return self._imap.uidvalidity if self._chosen is self._imap else None
 

@@ -37,6 +37,10 @@ class MailboxDriver(Protocol):
     def peer_address(self) -> str | None:
         """The server's IP address once connected, for the Received header."""
 
+    @property
+    def connected(self) -> bool:
+        """Whether the session can go on (False once the driver dropped the connection)."""
+
     def connect(self) -> None:
         """Open the connection, read the greeting, negotiate TLS as configured."""
 

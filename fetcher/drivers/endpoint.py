@@ -31,6 +31,12 @@ class Endpoint:
         self._context: tls.ClientContext | None = None
         self._verifying: tls.ClientContext | None = None
 
+    @property
+    def connected(self) -> bool:
+        """Whether the session is still up: a driver drops the connection after a reply it
+        cannot read (nothing more can be sent in step), but not after a plain refusal."""
+        return getattr(self, "_conn", None) is not None
+
     def _resolve_port(self) -> int:
         """The `service`/`port` option as a number or a name, else the protocol's default."""
         service = self.server.service

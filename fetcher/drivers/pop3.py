@@ -600,9 +600,10 @@ class Pop3Driver(Endpoint):
         uids: dict[int, str] = {}
         for line in self._read_listing(max_lines=count):
             parts = line.split()
-            if len(parts) != 2 or not parts[0].isdigit():
+            number = _number(parts[0]) if len(parts) == 2 else None
+            if number is None:
                 raise ProtocolError(f"{self.label}: bogus UIDL line {self._shown(line)!r}")
-            number, uid = int(parts[0]), parts[1]
+            uid = parts[1]
             if not 1 <= number <= count or number in uids:
                 raise ProtocolError(
                     f"{self.label}: bogus UIDL line {self._shown(line)!r} for {count} messages"
@@ -618,11 +619,10 @@ class Pop3Driver(Endpoint):
         # Both numbers must be plain non-negative decimals: a negative or huge message number is
         # how CVE-2001-1009 and CVE-2002-0146 started.
         parts = text.split()
-        if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        numbers = [_number(part) for part in parts[:2]]
+        if len(parts) < 2 or numbers[0] is None or numbers[1] is None:
             raise ProtocolError(f"{self.label}: bogus {what} reply {self._shown(text)!r}")
-        if not (parts[0].isascii() and parts[1].isascii()):
-            raise ProtocolError(f"{self.label}: bogus {what} reply {self._shown(text)!r}")
-        return int(parts[0]), int(parts[1])
+        return numbers[0], numbers[1]
 
     def _read_listing(self, *, max_lines: int) -> list[str]:
         """The lines of a multi-line reply after +OK, each traced, up to the final '.'."""
@@ -800,6 +800,18 @@ class Pop3Driver(Endpoint):
     def _lost(self, err: OSError) -> ServerConnectionError:
         reason = err.strerror or str(err) or type(err).__name__
         return ServerConnectionError(f"connection to {self.host}:{self.port} lost: {reason}")
+
+
+# A message number or size never has more digits than this (a billion terabytes); a server
+# that sends a longer one is lying, and Python would refuse to read one of over 4300 digits.
+MAX_DIGITS = 18
+
+
+def _number(text: str) -> int | None:
+    """A plain non-negative decimal of at most MAX_DIGITS ASCII digits; None for anything else."""
+    if not text or len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def _terminator(data: bytes) -> tuple[int, int]:

@@ -6,6 +6,7 @@ worker thread (fetcher.worker), never the event loop or another account's poll.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import BinaryIO
 
 from fetcher.drivers.base import MailboxDriver, MessageInfo
@@ -16,6 +17,7 @@ class ThreadedMailbox:
     def __init__(self, driver: MailboxDriver, name: str = "mailbox") -> None:
         self.driver = driver
         self._worker = Worker(name)
+        self._ended = False  # committed, closed or abandoned: the connection is gone
 
     @property
     def protocol(self) -> str:
@@ -24,6 +26,10 @@ class ThreadedMailbox:
     @property
     def peer_address(self) -> str | None:
         return self.driver.peer_address
+
+    @property
+    def connected(self) -> bool:
+        return not self._ended and self.driver.connected
 
     @property
     def uidvalidity(self) -> int | None:
@@ -53,20 +59,25 @@ class ThreadedMailbox:
         return await self._worker.call(self.driver.expunge)
 
     async def commit(self) -> None:
-        """End the session so that deletions take effect, then let the thread go."""
-        try:
-            await self._worker.call(self.driver.commit)
-        finally:
-            self._worker.close()
+        """End the session so that deletions take effect, then let the thread go. The driver
+        drops the connection whether or not the server confirmed (its error is raised)."""
+        await self._end(self.driver.commit)
 
     async def close(self) -> None:
-        """Drop the connection without committing, then let the thread go."""
-        try:
-            await self._worker.call(self.driver.close)
-        finally:
-            self._worker.close()
+        """Drop the connection without committing, then let the thread go; nothing to do once
+        the session has ended (a failed commit has closed it already)."""
+        if not self._ended:
+            await self._end(self.driver.close)
 
     def abandon(self) -> None:
-        """For a poll given up on (the run is stopping and the server does not answer):
-        queue the close behind whatever the thread is stuck in, without waiting for it."""
+        """For a poll given up on (the run is stopping and the server does not answer): let the
+        thread end after whatever it is stuck in, without waiting for it."""
+        self._ended = True
         self._worker.close()
+
+    async def _end(self, how: Callable[[], None]) -> None:
+        self._ended = True
+        try:
+            await self._worker.call(how)
+        finally:
+            self._worker.close()
