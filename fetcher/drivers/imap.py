@@ -30,9 +30,10 @@ import select
 import socket
 import ssl
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
+from imapclient.response_parser import gen_parsed_response  # type: ignore[import-untyped]
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
@@ -67,15 +68,47 @@ SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
 _FORBIDDEN_IN_COMMANDS = ("\r", "\n", "\0")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
+# imaplib reads a literal ({n} then n octets) whole into memory, so every literal is checked
+# against a bound before it is read. Only a message's text is large, and for that the bound is
+# set from what was asked (see ImapDriver.retrieve); everything else (a greeting, a folder
+# name, an ENVELOPE) is far below this.
+MAX_LITERAL = 1 << 20
+# Octets in one response line, literals apart: imaplib's own limit (imaplib._MAXLINE), which
+# a UID SEARCH of some 100,000 messages still fits.
+MAX_LINE = 1_000_000
+# Characters of a server's text quoted in an error message: enough to say what it said.
+_MAX_SHOWN = 200
 # fetchmail's tags, A0001, A0002, ...: a -v trace reads as theirs does
 _TAGGED = re.compile(rb"(?P<tag>A\d{4,}) (?P<type>[A-Z]+) (?P<data>.*)", re.ASCII)
+
+
+def _text_bound(size: int) -> int:
+    """The largest text accepted for a message listed with RFC822.SIZE `size`.
+
+    Twice what is listed, and at least 8 MiB: servers that store LF line ends may count them
+    so and send CRLF, and some (Exchange) only estimate the size. A message refused here stops
+    the session, so the bound is there against a server that would never stop sending, not to
+    hold a server to its estimate; memory stays bounded either way (a whole message is read
+    only when listed at no more than a piece)."""
+    return max(2 * size + (64 << 10), 8 << 20)
+
+
+class _Refused(ProtocolError):
+    """The server sent, or announced, more than a bound allows; nothing of it was read.
+
+    Raised by the transport, which does not know the server's label: ImapDriver words it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _TracedIMAP4(imaplib.IMAP4):
     """imaplib.IMAP4 on a socket we open (TCP_NODELAY, our TLS context), tracing each line.
 
     Lines sent are traced when complete; lines received are traced as read. Literals (message
-    text) are read with read(), which is not traced.
+    text) are read with read(), which is not traced. A line longer than MAX_LINE, or a literal
+    larger than `max_literal`, is refused before it is read.
     """
 
     def __init__(
@@ -84,6 +117,7 @@ class _TracedIMAP4(imaplib.IMAP4):
         self._context = context
         self.trace_secrets: list[str] = []
         self._pending = b""
+        self.max_literal = MAX_LITERAL
         super().__init__(host, port, timeout)
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
@@ -120,8 +154,22 @@ class _TracedIMAP4(imaplib.IMAP4):
                 trace.sent(PROTO, line.decode("utf-8", "replace"), *self.trace_secrets)
         super().send(data)
 
+    def read(self, size: int) -> bytes:
+        # imaplib calls this with the size a literal announced, and file.read() would allocate
+        # it all at once: 10**12 octets are a MemoryError, 1 GB are 2 GB of memory.
+        if size > self.max_literal:
+            bound = self.max_literal
+            raise _Refused(
+                f"the server announced {size} octets where at most {bound} were expected"
+            )
+        return super().read(size)
+
     def readline(self) -> bytes:
-        line = super().readline()
+        # imaplib's own check raises IMAP4.error, which reads as a refused command and leaves
+        # the rest of the line unread; this one drops the connection.
+        line = cast(bytes, self.file.readline(MAX_LINE + 1))  # imaplib's file is binary
+        if len(line) > MAX_LINE:
+            raise _Refused(f"the server sent a response line longer than {MAX_LINE} octets")
         if trace.enabled():
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             trace.received(PROTO, text, *self.trace_secrets)
@@ -170,6 +218,18 @@ def _text(err: BaseException) -> str:
     if isinstance(arg, bytes):
         return arg.decode("utf-8", "replace")
     return str(arg)
+
+
+def _escaped(secret: str) -> list[str]:
+    """`secret` as it reads inside the repr() of bytes, which imaplib puts into some of its
+    error texts (`LOGIN command error: BAD [b'...']`): backslashes doubled, octets outside
+    ASCII as \\xNN, and a single quote escaped or not, as the text around it decides."""
+    raw = secret.encode("utf-8", "replace")
+    # With both quote characters in it, repr() quotes with ' and escapes every ' inside.
+    forms = [repr(raw + b"'\"")[2:-4]]
+    if b'"' not in raw:
+        forms.append(repr(raw + b"'")[2:-2])  # quoted with ", ' as it is
+    return [form for form in forms if form != secret]
 
 
 class ImapDriver(Endpoint):
@@ -271,15 +331,18 @@ class ImapDriver(Endpoint):
         for start in range(0, len(uids), block):
             chunk = uids[start : start + block]
             with self._wire("UID FETCH"):
-                data = conn.fetch(chunk, ["RFC822.SIZE", "FLAGS"])
+                data = self._uid_fetch(chunk, "RFC822.SIZE FLAGS")
             for position, uid in enumerate(chunk, start=start + 1):
                 item = data.get(uid)
                 if item is None:
-                    continue  # expunged by another session since the SEARCH
+                    # Expunged by another session since the SEARCH, or answered without its
+                    # UID: either way not listed, so neither fetched nor deleted.
+                    continue
                 size = item.get(b"RFC822.SIZE")
                 if not isinstance(size, int) or size < 0:
                     raise ProtocolError(f"{self.label}: bogus RFC822.SIZE for UID {uid}")
-                seen = SEEN in item.get(b"FLAGS", ())
+                flags = item.get(b"FLAGS", ())
+                seen = isinstance(flags, tuple) and SEEN in flags
                 if seen:
                     self.seen_uids.add(str(uid))
                 result.append(MessageInfo(uid, size, str(uid), seen=seen, position=position))
@@ -289,12 +352,15 @@ class ImapDriver(Endpoint):
     def retrieve(self, number: int, out: BinaryIO, *, peek: bool) -> int:
         """Always with PEEK: a message is flagged \\Seen (or deleted) only once delivered.
 
-        imaplib holds a whole literal in memory, so a message larger than `piece` is fetched
-        in parts of that size (BODY.PEEK[]<offset.length>), each written out before the next
-        is asked for: memory stays flat however large the message."""
+        imaplib holds a whole literal in memory, so a message larger than `piece` (or of a
+        size the listing did not give) is fetched in parts of that size
+        (BODY.PEEK[]<offset.length>), each written out before the next is asked for: memory
+        stays flat however large the message. A text larger than asked for is refused unread,
+        and parts that go on well past the listed size are not asked for any more."""
         self._check_number(number)
-        if self._sizes.get(number, 0) <= self.piece:
-            body = self._fetch_body(number, "BODY.PEEK[]", b"BODY[]")
+        size = self._sizes.get(number)
+        if size is not None and size <= self.piece:
+            body = self._fetch_body(number, "BODY.PEEK[]", b"BODY[]", _text_bound(size))
             if body is None:
                 raise ProtocolError(f"{self.label}: no text for message UID {number}")
             out.write(body)
@@ -302,22 +368,96 @@ class ImapDriver(Endpoint):
         written = 0
         while True:
             part = self._fetch_body(
-                number, f"BODY.PEEK[]<{written}.{self.piece}>", f"BODY[]<{written}>".encode()
+                number,
+                f"BODY.PEEK[]<{written}.{self.piece}>",
+                f"BODY[]<{written}>".encode(),
+                self.piece,
             )
             if part is None and written == 0:
                 raise ProtocolError(f"{self.label}: no text for message UID {number}")
-            part = part or b""
+            part = part or b""  # NIL past the end, from some servers
+            if len(part) > self.piece:  # a quoted string: a literal this long is refused
+                raise ProtocolError(
+                    f"{self.label}: the server sent {len(part)} octets of message UID {number} "
+                    f"where {self.piece} were asked for"
+                )
             out.write(part)
             written += len(part)
             if len(part) < self.piece:  # the last part (empty when the size was a multiple)
                 return written
+            if size is not None and written > _text_bound(size):
+                raise ProtocolError(
+                    f"{self.label}: the text of message UID {number} goes on past the {size} "
+                    "octets listed for it; not reading further"
+                )
 
-    def _fetch_body(self, number: int, item: str, key: bytes) -> bytes | None:
-        conn = self._require_connection()
+    def _fetch_body(self, number: int, item: str, key: bytes, bound: int) -> bytes | None:
+        """`key` of message `number` (None for NIL), no literal in the answer larger than
+        `bound`. Only a response that carries `UID number` counts: ProtocolError if none
+        brought the text, for bytes not proven to be this message's are never delivered."""
         with self._wire("UID FETCH"):
-            data = conn.fetch([number], [item])
-        body = data.pop(number, {}).get(key)
-        return body if isinstance(body, bytes) else None
+            item_of = self._uid_fetch([number], item, literal_bound=bound).get(number, {})
+        if key not in item_of:
+            raise ProtocolError(f"{self.label}: no text for message UID {number}")
+        body = item_of[key]
+        if body is not None and not isinstance(body, bytes):
+            raise ProtocolError(f"{self.label}: bogus text for message UID {number}")
+        return body
+
+    def _uid_fetch(
+        self, uids: list[int], items: str, *, literal_bound: int = MAX_LITERAL
+    ) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH `items` of `uids`: for each UID, the items of the responses that carry it.
+
+        imapclient's fetch() keys a response without a UID item by its sequence number, so an
+        unsolicited `* 5 FETCH (BODY[] ...)` would pass for the text of UID 5. Here a response
+        counts only for the UID it names; those without one of ours are news about other
+        messages (flag changes) and are left out. Two responses for one UID that disagree on
+        anything but FLAGS (which may change meanwhile) are a ProtocolError."""
+        imap = self._require_connection()._imap
+        with self._literals_up_to(literal_bound):
+            typ, data = imap.uid("FETCH", ",".join(str(uid) for uid in uids), f"({items})")
+        if typ != "OK":
+            last = data[-1] if data else b""
+            text = last.decode("utf-8", "replace") if isinstance(last, bytes) else str(last)
+            raise self._refusal("UID FETCH", self._shown(text), auth=False)
+        wanted = set(uids)
+        found: dict[int, dict[bytes, Any]] = {}
+        atoms = gen_parsed_response([part for part in data if part is not None])
+        for _sequence_number in atoms:
+            fields = next(atoms, None)
+            if not isinstance(fields, tuple) or len(fields) % 2:
+                raise ProtocolError(f"{self.label}: UID FETCH: a FETCH response out of shape")
+            response = {
+                name.upper(): value
+                for name, value in zip(fields[::2], fields[1::2], strict=True)
+                if isinstance(name, bytes)
+            }
+            uid = response.get(b"UID")
+            if not isinstance(uid, int) or uid not in wanted:
+                continue
+            known = found.setdefault(uid, {})
+            for name, value in response.items():
+                if name != b"FLAGS" and known.get(name, value) != value:
+                    raise ProtocolError(
+                        f"{self.label}: the server sent two different "
+                        f"{name.decode('ascii', 'replace')} for UID {uid}"
+                    )
+                known[name] = value
+        return found
+
+    @contextlib.contextmanager
+    def _literals_up_to(self, bound: int) -> Iterator[None]:
+        """Literals up to `bound` octets are read meanwhile, instead of MAX_LITERAL."""
+        imap = self._require_connection()._imap
+        if not isinstance(imap, _TracedIMAP4):
+            yield
+            return
+        imap.max_literal = bound
+        try:
+            yield
+        finally:
+            imap.max_literal = MAX_LITERAL
 
     def delete(self, number: int) -> None:
         self._store(number, [DELETED, SEEN])
@@ -437,7 +577,7 @@ class ImapDriver(Endpoint):
                 imap.tagged_commands.pop(tag, None)
                 status = line[len(tag) + 1 :].split(b" ", 1)[0].upper()
                 if status != b"OK":
-                    text = line.decode("utf-8", "replace")
+                    text = self._shown(line.decode("utf-8", "replace"))
                     raise ProtocolError(f"{self.label}: {what} failed: {text}")
                 return lines
 
@@ -485,6 +625,8 @@ class ImapDriver(Endpoint):
             )
         except TLSError:
             raise  # a pin mismatch, already worded
+        except _Refused as err:  # imaplib closed the socket
+            raise self._refused(err, "the greeting") from err
         except TimeoutError as err:
             raise self._timeout_error() from err
         except ssl.SSLError as err:
@@ -492,13 +634,13 @@ class ImapDriver(Endpoint):
             raise TLSError(f"{self.label}: {reason}") from err
         except imaplib.IMAP4.abort as err:
             raise ServerConnectionError(
-                f"connection to {self.host}:{port} lost: {_text(err)}"
+                f"connection to {self.host}:{port} lost: {self._shown(_text(err))}"
             ) from err
         except imaplib.IMAP4.error as err:
             # imaplib refuses a greeting other than OK or PREAUTH (e.g. BYE), or a non-IMAP4rev1
             # server, and raises this with the greeting's text.
             raise ProtocolError(
-                f"{self.label}: the server refused the connection: {_text(err)}"
+                f"{self.label}: the server refused the connection: {self._shown(_text(err))}"
             ) from err
         except OSError as err:
             reason = err.strerror or str(err)
@@ -560,6 +702,9 @@ class ImapDriver(Endpoint):
         except TLSError as err:
             self.close()
             raise TLSError(f"{self.label}: upgrade to TLS failed: {err}") from err
+        except _Refused as err:
+            self.close()
+            raise self._refused(err, "STARTTLS") from err
         except TimeoutError as err:
             self.close()
             raise self._timeout_error() from err
@@ -571,7 +716,7 @@ class ImapDriver(Endpoint):
                 elif isinstance(err, OSError):
                     reason = err.strerror or str(err)
                 else:
-                    reason = _text(err)
+                    reason = self._shown(_text(err))
                 raise TLSError(f"{self.label}: upgrade to TLS failed: {reason}") from err
             # Opportunistic: fetchmail repolls with STARTTLS off; so do we, once, in this call.
             self._open(port, None)
@@ -624,16 +769,22 @@ class ImapDriver(Endpoint):
 
     def _plain(self) -> None:
         raw = f"\0{self.user.remote}\0{self._password()}".encode()
-        self._secrets.append(base64.b64encode(raw).decode("ascii"))
+        self._secrets.append(base64.b64encode(raw).decode("ascii"))  # before it is sent
+        answers = iter([raw])  # once: a server asking again is cancelled with "*"
         imap = self._require_connection()._imap
         with self._wire("AUTHENTICATE PLAIN", auth=True):
-            imap.authenticate("PLAIN", lambda _challenge: raw)
+            imap.authenticate("PLAIN", lambda _challenge: next(answers, None))
 
     def _cram_md5(self, *, may_fall_back: bool) -> bool:
         """AUTHENTICATE CRAM-MD5 (RFC 2195). False when refused and LOGIN may be tried."""
         password = self._password().encode("utf-8")
+        answered = False
 
-        def answer(challenge: bytes) -> bytes:
+        def answer(challenge: bytes) -> bytes | None:
+            nonlocal answered
+            if answered:
+                return None  # RFC 2195 has one challenge: cancel with "*"
+            answered = True
             mac = hmac.new(password, challenge, hashlib.md5).hexdigest()
             response = f"{self.user.remote} {mac}".encode()
             # The response is as good as the password to an offline guesser.
@@ -687,19 +838,12 @@ class ImapDriver(Endpoint):
                 imap.authenticate(mechanism, answer)
         except AuthenticationError as err:
             cause = err.__cause__
-            text = self._redact(_text(cause)) if cause is not None else ""
+            text = self._shown(_text(cause)) if cause is not None else ""
             status = oauth_error_status(challenges[1]) if len(challenges) > 1 else None
             if status is not None:
                 status = self._redact(status)
             raise AuthenticationError(
                 oauth_refused(self.label, account, mechanism, text, status)
-            ) from err
-        except binascii.Error as err:
-            # imaplib could not decode a challenge; the command is still open: drop the line.
-            self.close()
-            raise ProtocolError(
-                f"{self.label}: AUTHENTICATE {mechanism}: the server sent a challenge that is "
-                "not base64"
             ) from err
 
     # -- the wire ----------------------------------------------------------------------------
@@ -727,6 +871,10 @@ class ImapDriver(Endpoint):
         """imaplib's and the socket's failures as the driver's errors."""
         try:
             yield
+        except _Refused as err:
+            # What was refused is still on its way: the dialogue cannot be brought back in step.
+            self.close()
+            raise self._refused(err, what) from err
         except RemoteError:
             raise
         except TimeoutError as err:
@@ -735,13 +883,21 @@ class ImapDriver(Endpoint):
         except imaplib.IMAP4.abort as err:
             # BYE, EOF or garbage: the dialogue is out of step, nothing more can be sent.
             self.close()
-            text = self._redact(_text(err))
+            text = self._shown(_text(err))
             raise ServerConnectionError(
                 f"connection to {self.host}:{self.port} lost during {what}: {text}"
             ) from err
         except imaplib.IMAP4.error as err:
-            text = self._redact(_text(err))
+            text = self._shown(_text(err))
             raise self._refusal(what, text, auth=auth) from err
+        except binascii.Error as err:
+            if not auth:
+                raise
+            # imaplib could not decode an AUTHENTICATE challenge; the command is still open.
+            self.close()
+            raise ProtocolError(
+                f"{self.label}: {what}: the server sent a challenge that is not base64"
+            ) from err
         except OSError as err:
             self.close()
             reason = err.strerror or str(err) or type(err).__name__
@@ -750,7 +906,18 @@ class ImapDriver(Endpoint):
             ) from err
 
     def _redact(self, text: str) -> str:
-        return trace.redact(text, *self._secrets)
+        """`text` without any secret we sent, also as imaplib's repr() of bytes shows it."""
+        forms = [form for secret in self._secrets for form in (secret, *_escaped(secret))]
+        return trace.redact(text, *forms)
+
+    def _shown(self, text: str) -> str:
+        """A server's text as an error message quotes it: redacted, then cut short (in this
+        order, so that no cut leaves the start of a secret behind)."""
+        text = self._redact(text)
+        return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+    def _refused(self, err: _Refused, what: str) -> ProtocolError:
+        return ProtocolError(f"{self.label}: {what}: {err.reason}; connection dropped")
 
     def _refusal(self, what: str, text: str, *, auth: bool) -> RemoteError:
         if "[INUSE]" in text.upper():

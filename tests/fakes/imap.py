@@ -19,6 +19,25 @@ that command (the word after any UID, e.g. "STORE") with an untagged BYE and clo
 
 With `concurrent`, each connection is served in a thread of its own (a watch and a poll at
 once); `deliver()` adds a message, which NOOP then announces with `* n EXISTS`.
+
+A hostile server, on demand:
+- `spoof_uid`: every UID FETCH of that UID's text also gets an unsolicited FETCH response
+  without a UID item, numbered as the UID (a sequence number the client may take for it),
+  carrying `spoof_text`; `spoof_where` puts it "before" or "after" the real response, or
+  "instead" of it. With `spoof_listing`, the size listing gets one too (`spoof_text`'s size,
+  flagged \\Seen).
+- `body_size_claim`: the literal of every message text announces that many octets; the text is
+  padded with "X" up to it when that is under 64 MiB, else sent as it is, and the server then
+  waits for the client's next line.
+- `long_line_on`: that command is answered first with an untagged line of 2,000,000 octets.
+- `echo_refusal`: LOGIN, and AUTHENTICATE after the client's response, are answered with this
+  status ("NO" or "BAD") followed by the client's line, as a careless server echoes it.
+- `challenge_again`: AUTHENTICATE sends the client's response back as a new challenge up to
+  that many times (a server that never concludes), until the client cancels with "*".
+- `challenge`: the text of AUTHENTICATE's first challenge (empty by default; e.g. not base64).
+- `hung_up` is set when the client closes a connection.
+
+UID FETCH of `BODY.PEEK[]<offset.length>` answers with that part of the text (`BODY[]<offset>`).
 """
 
 from __future__ import annotations
@@ -27,6 +46,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import socket
 import ssl
 import threading
@@ -34,6 +54,8 @@ from types import TracebackType
 from typing import BinaryIO
 
 HOST = "127.0.0.1"
+_PARTIAL = re.compile(r"BODY\.PEEK\[\]<(\d+)\.(\d+)>", re.IGNORECASE)
+_PAD_LIMIT = 64 << 20  # octets: a larger claimed literal is announced, not sent
 OAUTH_ERROR = {"status": "invalid_token", "schemes": "bearer", "scope": "mail"}
 
 
@@ -62,7 +84,27 @@ class FakeImapServer:
         store_reply: str | None = None,
         bye_on: str | None = None,
         concurrent: bool = False,
+        spoof_uid: int | None = None,
+        spoof_where: str = "after",
+        spoof_text: bytes = b"Subject: forged\r\n\r\nNot the message asked for.\r\n",
+        spoof_listing: bool = False,
+        body_size_claim: int | None = None,
+        long_line_on: str | None = None,
+        echo_refusal: str | None = None,
+        challenge_again: int = 0,
+        challenge: str = "",
     ) -> None:
+        assert spoof_where in ("before", "after", "instead")
+        self.spoof_uid = spoof_uid
+        self.spoof_where = spoof_where
+        self.spoof_text = spoof_text
+        self.spoof_listing = spoof_listing
+        self.body_size_claim = body_size_claim
+        self.long_line_on = long_line_on
+        self.echo_refusal = echo_refusal
+        self.challenge_again = challenge_again
+        self.challenge = challenge
+        self.hung_up = threading.Event()
         self.concurrent = concurrent
         self._lock = threading.Lock()
         self.has_mailbox = messages is not None
@@ -130,6 +172,9 @@ class FakeImapServer:
         rfile = conn.makefile("rb")
         try:
             self._dialogue(conn, rfile)
+        except (BrokenPipeError, ConnectionResetError):
+            # the client hung up while we were still sending (a line or literal it refused)
+            self.hung_up.set()
         finally:
             rfile.close()  # the socket's descriptor stays open while its file does
             conn.close()
@@ -138,8 +183,12 @@ class FakeImapServer:
         conn.sendall(self.greeting.encode() + b"\r\n")
         announced = 0  # messages this connection was told of
         while True:
-            raw = rfile.readline()
+            try:
+                raw = rfile.readline()
+            except ConnectionResetError:  # a client closing with our data unread resets
+                raw = b""
             if not raw:
+                self.hung_up.set()
                 return
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             self.received.append(line)
@@ -155,6 +204,8 @@ class FakeImapServer:
             if command == self.bye_on:
                 conn.sendall(b"* BYE going away\r\n")
                 return
+            if command == self.long_line_on:
+                conn.sendall(b"* OK " + b"x" * 2_000_000 + b"\r\n")
             if self.has_mailbox and command in _MAILBOX_COMMANDS:
                 with self._lock:
                     mailbox_reply = self._mailbox(conn, tag, command, rest)
@@ -176,16 +227,32 @@ class FakeImapServer:
             elif verb == "AUTHENTICATE" and self._is_oauth(rest):
                 reply = self._oauth(conn, rfile, tag, rest.split()[1].upper())
             elif verb == "AUTHENTICATE":
-                conn.sendall(b"+ \r\n")
-                answer = rfile.readline().decode("ascii", "replace").rstrip("\r\n")
-                self.received.append(answer)
-                reply = f"{tag} OK authenticated\r\n"
+                reply = self._authenticate(conn, rfile, tag)
+            elif verb == "LOGIN" and self.echo_refusal is not None:
+                reply = f"{tag} {self.echo_refusal} {line}\r\n"
             elif verb == "LOGOUT":
                 conn.sendall(f"* BYE bye\r\n{tag} OK done\r\n".encode())
                 return
             else:
                 reply = f"{tag} OK done\r\n"
             conn.sendall(reply.encode())
+
+    def _authenticate(self, conn: socket.socket, rfile: BinaryIO, tag: str) -> str:
+        """Any mechanism: `challenge`, then `challenge_again` echoes of the answer."""
+        conn.sendall(f"+ {self.challenge}\r\n".encode())
+        for again in range(self.challenge_again, -1, -1):
+            raw = rfile.readline()
+            if not raw:
+                return ""  # the client hung up: the next read says so
+            answer = raw.decode("ascii", "replace").rstrip("\r\n")
+            self.received.append(answer)
+            if answer == "*":
+                return f"{tag} BAD AUTHENTICATE cancelled\r\n"
+            if again:
+                conn.sendall(f"+ {answer}\r\n".encode())
+        if self.echo_refusal is not None:
+            return f"{tag} {self.echo_refusal} {answer}\r\n"
+        return f"{tag} OK authenticated\r\n"
 
     def _is_oauth(self, rest: str) -> bool:
         words = rest.split()
@@ -234,6 +301,17 @@ class FakeImapServer:
     def _flag_list(self, uid: int) -> str:
         return "(" + " ".join(sorted(self.flags[uid])) + ")"
 
+    def _spoof(
+        self, conn: socket.socket, uid: int, items: str, partial: re.Match[str] | None
+    ) -> None:
+        """An unsolicited FETCH without UID, numbered as if `uid` were a sequence number."""
+        text = self.spoof_text
+        if "BODY" not in items:
+            conn.sendall(f"* {uid} FETCH (RFC822.SIZE {len(text)} FLAGS (\\Seen))\r\n".encode())
+            return
+        item = "BODY[]" if partial is None else f"BODY[]<{partial.group(1)}>"
+        conn.sendall(f"* {uid} FETCH ({item} {{{len(text)}}}\r\n".encode() + text + b")\r\n")
+
     def _mailbox(self, conn: socket.socket, tag: str, command: str, rest: str) -> str | None:
         words = rest.split(" ")
         if command in ("SELECT", "EXAMINE"):
@@ -249,18 +327,35 @@ class FakeImapServer:
             return f"* SEARCH{found}\r\n{tag} OK done\r\n"
         if command == "FETCH":
             uids, items = self._uids(words[2]), " ".join(words[3:]).upper()
+            partial = _PARTIAL.search(items)
             for uid in uids:
+                spoofed = uid == self.spoof_uid and ("BODY" in items or self.spoof_listing)
+                if spoofed and self.spoof_where in ("before", "instead"):
+                    self._spoof(conn, uid, items, partial)
+                if spoofed and self.spoof_where == "instead":
+                    continue
                 if "BODY" not in items:
                     size = len(self.mailbox[uid])
                     line = f"* {self._seq(uid)} FETCH (UID {uid} RFC822.SIZE {size} "
                     conn.sendall(f"{line}FLAGS {self._flag_list(uid)})\r\n".encode())
+                    if spoofed and self.spoof_where == "after":
+                        self._spoof(conn, uid, items, partial)
                     continue
-                text = self.mailbox[uid]
-                head = f"* {self._seq(uid)} FETCH (UID {uid} BODY[] {{{len(text)}}}\r\n"
+                text, item = self.mailbox[uid], "BODY[]"
+                if partial is not None:
+                    offset, length = int(partial.group(1)), int(partial.group(2))
+                    text, item = text[offset : offset + length], f"BODY[]<{offset}>"
+                size = len(text) if self.body_size_claim is None else self.body_size_claim
+                head = f"* {self._seq(uid)} FETCH (UID {uid} {item} {{{size}}}\r\n".encode()
                 if uid == self.drop_in_fetch_of_uid:
-                    conn.sendall(head.encode() + text[: len(text) // 2])
+                    conn.sendall(head + text[: len(text) // 2])
                     return None
-                conn.sendall(head.encode() + text + b")\r\n")
+                if size > _PAD_LIMIT:
+                    conn.sendall(head + text)
+                    return ""  # the literal never ends: wait for whatever the client does
+                conn.sendall(head + text.ljust(size, b"X") + b")\r\n")
+                if spoofed and self.spoof_where == "after":
+                    self._spoof(conn, uid, items, partial)
             return f"{tag} OK done\r\n"
         if command == "STORE":
             if self.store_reply is not None:
