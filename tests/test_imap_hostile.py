@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from fakes.imap import FakeImapServer, oauth_string
 from servers.certs import TestCA
+from servers.dovecot import Dovecot
 
 from fetcher import trace
 from fetcher.drivers.base import MailboxDriver, MessageInfo
@@ -443,3 +444,39 @@ def test_a_challenge_that_is_not_base64_ends_the_session(test_ca: TestCA, mechan
     message = str(info.value)
     assert "127.0.0.1" in message and mechanism in message and "not base64" in message
     assert server.received[-1].endswith(f" AUTHENTICATE {mechanism}")
+
+
+# -- 4. `no sslcertck`: said before the password goes out ----------------------------------
+
+
+def _warnings(log: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in log.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "imaps"])
+@pytest.mark.parametrize("trusted", [False, True], ids=["unverified", "verified"])
+def test_no_sslcertck_warns_as_fetchmail_when_the_certificate_does_not_verify(
+    dovecot: Dovecot, test_ca: TestCA, trace_log: pytest.LogCaptureFixture,
+    implicit: bool, trusted: bool,
+) -> None:
+    """Dovecot's certificate is signed by the test CA: without sslcertfile it does not verify
+    (the system store does not know that CA), and fetchmail then warns and goes on."""
+    port = dovecot.ports["imaps" if implicit else "imap"]
+    options = ServerOptions(pollname="localhost", via="127.0.0.1", protocol="IMAP",
+                            service=str(port), timeout=10)
+    user = UserOptions(remote="bob", password="hidden", ssl=implicit, sslcertck=False,
+                       sslcertfile=str(test_ca.ca_cert) if trusted else None)
+    d = ImapDriver(options, user)
+    d.connect()
+    warned = _warnings(trace_log)
+    d.login()  # works either way: the connection is made, as fetchmail makes it
+    d.close()
+    if trusted:
+        assert warned == []
+    else:
+        assert warned[-1] == (
+            "Warning: the connection is insecure, continuing anyways. (Better use --sslcertck!)"
+        )
+        assert any("certificate" in line for line in warned[:-1])
+    login = [r.getMessage() for r in trace_log.records if "LOGIN" in r.getMessage()]
+    assert login and "hidden" not in login[0]

@@ -276,12 +276,29 @@ class ImapDriver(Endpoint):
         port = self._resolve_port()
         self.port = port
         if self.tls_mode is tls.TlsMode.IMPLICIT:
-            self._open(port, self._tls_context())
-            self.tls_active = True
+            self._open_implicit(port)
         else:
             self._open(port, None)
         if self.tls_mode in (tls.TlsMode.STARTTLS, tls.TlsMode.OPPORTUNISTIC):
             self._starttls(port)
+
+    def _open_implicit(self, port: int) -> None:
+        """Connect with TLS from the first octet. Under `no sslcertck` the certificate is
+        checked all the same, only to warn as fetchmail does (tls.checks_only_to_warn)."""
+        checking = self._checking_context()
+        if checking is not None:
+            try:
+                self._open(port, checking)
+            except TLSError as err:
+                if not isinstance(err.__cause__, ssl.SSLCertVerificationError):
+                    raise
+                self._open(port, self._tls_context())
+                self.tls_active = True
+                tls.warn_unverified(err.__cause__, self.label)  # before any credential
+                return
+        else:
+            self._open(port, self._tls_context())
+        self.tls_active = True
 
     def login(self) -> None:
         self._require_connection()
@@ -676,7 +693,12 @@ class ImapDriver(Endpoint):
             (c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)).upper() for c in caps
         )
 
-    def _starttls(self, port: int) -> None:
+    def _starttls(
+        self, port: int, *, unverified: ssl.SSLCertVerificationError | None = None
+    ) -> None:
+        """STARTTLS, then CAPABILITY again over TLS. `unverified`: this is the second
+        connection under `no sslcertck`, the first having shown that the certificate does not
+        verify (fetchmail goes on, with a warning)."""
         required = self.tls_mode is tls.TlsMode.STARTTLS
         if self.preauth:
             # PREAUTH means we are logged in already: STARTTLS is no longer allowed, and going on
@@ -695,7 +717,8 @@ class ImapDriver(Endpoint):
                     f"{self.label}: upgrade to TLS failed: the server does not offer STARTTLS"
                 )
             return
-        context = self._tls_context()
+        checking = None if unverified is not None else self._checking_context()
+        context = checking or self._tls_context()
         conn = self._require_connection()
         try:
             conn.starttls(context)
@@ -710,6 +733,12 @@ class ImapDriver(Endpoint):
             raise self._timeout_error() from err
         except (OSError, imaplib.IMAP4.error) as err:  # ssl.SSLError included
             self.close()
+            if checking is not None and isinstance(err, ssl.SSLCertVerificationError):
+                # The failed handshake left this connection unusable: the session starts
+                # again without the check.
+                self._open(port, None)
+                self._starttls(port, unverified=err)
+                return
             if required:
                 if isinstance(err, ssl.SSLError):
                     reason = tls.describe_handshake_error(err, self.label)
@@ -722,6 +751,8 @@ class ImapDriver(Endpoint):
             self._open(port, None)
             return
         self.tls_active = True
+        if unverified is not None:
+            tls.warn_unverified(unverified, self.label)  # before any credential goes out
         # RFC 3501 6.2.1: forget what was said in plaintext; imaplib asked CAPABILITY again.
         self._read_capabilities()
 
