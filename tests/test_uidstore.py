@@ -324,11 +324,58 @@ def test_the_store_service_does_each_thing_on_its_own_thread(tmp_path: Path) -> 
         assert await service.knows(KEY)
         assert await service.keys_starting("bob@") == [KEY]
         await service.expunged(KEY, {"u1"})
-        await service.prune(KEY, {"u2", "u3"})
         assert await service.seen(KEY) == {"u2"}
+        await service.prune(KEY, {"u2"})  # u3 is gone from the server
+        assert await service.has_it(KEY, "u3", one) == set()
         await service.forget(KEY)
         await service.save()
         service.close()
 
     asyncio.run(main())
     assert not ids.exists() and not Path(str(ids) + ".journal").exists()
+
+
+
+def test_several_expunged_uids_replay_from_the_journal(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    s = store(ids)
+    for uid in ("u1", "u2", "u3"):
+        s.record(KEY, uid, delete_pending=False)
+    s.expunged(KEY, {"u1", "u2"})
+    assert store(ids).seen(KEY) == {"u3"}  # not saved: every expunged line replays
+
+
+def test_a_uid_ending_in_any_character_reads_back_whole(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    s = store(ids)
+    for uid in ("uidX", "uid\t", "uid."):
+        s.record(KEY, uid, delete_pending=False)
+    s.save()
+    assert store(ids).seen(KEY) == {"uidX", "uid\t", "uid."}
+
+
+def test_a_journal_made_open_to_others_meanwhile_is_made_private_again(tmp_path: Path) -> None:
+    ids = tmp_path / ".fetchids"
+    s = store(ids)
+    journal = Path(str(ids) + ".journal")
+    journal.write_text("")
+    journal.chmod(0o640)
+    s.record(KEY, "u1", delete_pending=False)
+    assert journal.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_journal_given_to_another_user_meanwhile_is_refused(tmp_path: Path) -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        from servers.fixtures import unavailable
+
+        unavailable("only root can give a file to another user")
+    ids = tmp_path / ".fetchids"
+    s = store(ids)
+    journal = Path(str(ids) + ".journal")
+    journal.write_text("")
+    journal.chmod(0o600)
+    os.chown(journal, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(PermissionsError, match="owned by you"):
+        s.record(KEY, "u1", delete_pending=False)
