@@ -176,7 +176,7 @@ class AccountPoll:
                 )
                 await self._work(mailbox, plan)
                 await mailbox.commit()
-                if self.store is not None:
+                if self.store is not None and mailbox.deletions_confirmed:
                     await self.store.expunged(self.key, plan.expunged())
                 result, more = PollResult(plan.status, plan.fetched), plan.more
             committed = True
@@ -284,7 +284,7 @@ class AccountPoll:
                     )
                 case Expunge():
                     await mailbox.expunge()
-                    if self.store is not None:
+                    if self.store is not None and mailbox.deletions_confirmed:
                         await self.store.expunged(self.key, plan.expunged())
                 case Relogin():
                     pass  # the session ends; _poll() logs in again for the rest

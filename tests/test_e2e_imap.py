@@ -166,6 +166,11 @@ def test_expunge_n_expunges_every_n_deletions_in_one_session(
     assert commands.count("AUTHENTICATE") + commands.count("LOGIN") == 1  # one session
     # after the 2nd and the 4th deletion, and the last one at the end
     assert commands.count("UID EXPUNGE") == 3
+    # An EXPUNGE's OK does not say which messages went: the records stay until the next
+    # poll's listing shows them gone, and that poll forgets them, delivering nothing again.
+    again = pyfetch(home)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert len(smtpd.transactions) == 5
     assert not (home / ".fetchids").exists() or "bob@" not in (home / ".fetchids").read_text()
 
 

@@ -929,6 +929,13 @@ class ImapDriver(Endpoint):
             raise ProtocolError(
                 f"{self.label}: {what}: the server sent a challenge that is not base64"
             ) from err
+        except ValueError as err:
+            # imaplib and imapclient parse numbers with int(): one of thousands of digits (an
+            # EXISTS, a UID, a literal's length) is a ValueError there, and a lie in any case.
+            self.close()
+            raise ProtocolError(
+                f"{self.label}: {what}: the server sent a number that cannot be one"
+            ) from err
         except OSError as err:
             self.close()
             reason = err.strerror or str(err) or type(err).__name__

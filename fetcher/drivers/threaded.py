@@ -32,6 +32,14 @@ class ThreadedMailbox:
         return not self._ended and self.driver.connected
 
     @property
+    def deletions_confirmed(self) -> bool:
+        """Whether a commit that succeeded proves every deletion took effect. POP3's QUIT +OK
+        does (all of them or none, RFC 1939). An IMAP EXPUNGE's OK does not say which
+        messages went: a server may take a STORE and flag nothing. There the records wait for
+        the next poll's listing, which shows what is really gone."""
+        return self.protocol == "POP3"
+
+    @property
     def uidvalidity(self) -> int | None:
         """The folder's UIDVALIDITY after list_messages() (IMAP); None for POP3."""
         value = getattr(self.driver, "uidvalidity", None)

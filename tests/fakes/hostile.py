@@ -1,28 +1,33 @@
 """Servers that misbehave at one chosen step, on real 127.0.0.1 sockets, one thread per
-connection: a POP3 server and an SMTP listener for the hostile-server suite
+connection: a POP3 server, an IMAP server and an SMTP listener for the hostile-server suite
 (tests/test_hostile_suite.py).
 
 Without a fault each behaves like an honest server: the POP3 server speaks CAPA, USER/PASS,
 STAT, LIST, UIDL, TOP, RETR, DELE, RSET, NOOP and QUIT, and its deletions become final only
-when it answers QUIT with +OK; the listener takes a message only when it answers the final dot
-with 250, and keeps what it took in `delivered`.
+when it answers QUIT with +OK; the IMAP server (plain IMAP4rev1, one folder) speaks CAPABILITY
+(UIDPLUS and IDLE on request), LOGIN, SELECT/EXAMINE, UID SEARCH, UID FETCH (RFC822.SIZE,
+FLAGS, BODY.PEEK[] and BODY.PEEK[]<o.n>), UID STORE, EXPUNGE, UID EXPUNGE, CLOSE, NOOP, IDLE
+and LOGOUT, its flags change when a STORE is answered and its deletions become final only
+when an EXPUNGE is; the listener takes a message only when it answers the final dot with 250,
+and keeps what it took in `delivered`.
 
 After `set_fault(Fault(step, kind))` the step misbehaves in the way `kind` says, every time it
 comes, until `set_fault(None)`. The steps that happen once per message (POP3 fetch and delete,
-SMTP mail, rcpt, data and end of data) misbehave from the second message on, so that the first
-one goes through and the run fails part-way, with something delivered and not yet deleted.
-Which faults make sense at which step is said in POP3_MATRIX and SMTP_MATRIX, and why the others
-were left out in POP3_LEFT_OUT and SMTP_LEFT_OUT.
+IMAP fetch and store, SMTP mail, rcpt, data and end of data) misbehave from the second message
+on, so that the first one goes through and the run fails part-way, with something delivered
+and not yet deleted. Which faults make sense at which step is said in POP3_MATRIX, IMAP_MATRIX
+and SMTP_MATRIX, and why the others were left out in POP3_LEFT_OUT, IMAP_LEFT_OUT and
+SMTP_LEFT_OUT.
 """
-
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import BinaryIO, Self
 
@@ -37,6 +42,11 @@ GIANT = "9" * 4400
 GARBAGE = b"HTTP/1.1 400 Bad Request \x1b[2J\x00\xff\xfe\x16\x03\x01\r\n"
 
 POP3_STEPS = ("greeting", "capa", "auth", "list", "uidl", "fetch", "delete", "quit")
+# sizes is the UID FETCH of RFC822.SIZE and FLAGS, fetch the UID FETCH of a message's text
+IMAP_STEPS = (
+    "greeting", "capability", "login", "select", "search", "sizes", "fetch", "store", "expunge",
+    "logout",
+)
 SMTP_STEPS = ("greeting", "ehlo", "mail", "rcpt", "data", "eom")
 
 
@@ -79,6 +89,62 @@ POP3_LEFT_OUT: dict[tuple[str, str], str] = {
         "+OK to QUIT and the messages kept breaks RFC 1939's promise; what was delivered is "
         "then new again to any client, and fetching it again is better than losing it"
     ),
+}
+
+# (step, kind) pairs the IMAP server knows; the kinds are the POP3 server's. garbage, long and
+# long-nocrlf replace the first line of the answer, its untagged data where there is some (the
+# EXISTS of SELECT, the SEARCH, the CAPABILITY, the BYE of LOGOUT), or the tagged status; in
+# the size listing the second FETCH line, in a text's FETCH its first line (with the literal).
+IMAP_MATRIX: tuple[tuple[str, str], ...] = (
+    *((step, kind) for step in IMAP_STEPS
+      for kind in ("silent", "reset", "garbage", "long", "long-nocrlf")),
+    ("select", "number"),  # EXISTS of 4400 digits, UIDVALIDITY of 20
+    ("search", "number"),  # UIDs of 20 and 4400 digits after the real ones
+    # RFC822.SIZE of 20 digits for messages 1 and 2: fetched in parts, the text far short of
+    # it. (With 4400 digits there the listing is refused whole, exit 4, before any size is used.)
+    ("sizes", "number"),
+    ("fetch", "number"),  # a literal of 4400 digits announced for the text
+    # "* <4400 digits> EXPUNGE" for each message expunged; the suite has the server offer no
+    # UIDPLUS here, so that the plain EXPUNGE, whose untagged lines are parsed, meets them
+    ("expunge", "number"),
+    ("capability", "lie"),  # UIDPLUS offered, then UID EXPUNGE refused with BAD
+    # The server goes down (BYE) at the second message's text and comes back with another
+    # UIDVALIDITY for the same UIDs: message 1, delivered and flagged \Seen \Deleted under the
+    # old one, is still there for the runs after.
+    ("select", "lie"),
+    # RFC822.SIZE larger than the text for message 1, smaller for message 2, and an unsolicited
+    # FETCH without UID that calls message 3 \Seen \Deleted and 10 octets long
+    ("sizes", "lie"),
+    # before the text asked for, an unsolicited FETCH without UID of a forged text for
+    # message 3 (with message 3's Message-ID)
+    ("fetch", "lie"),
+    # OK to the UID STORE of the second message on, and nothing flagged (as a server may
+    # answer for a flag the user has no right to set)
+    ("store", "lie"),
+)
+IMAP_LEFT_OUT: dict[tuple[str, str], str] = {
+    ("greeting", "number"): "a plain OK greeting carries no number",
+    ("greeting", "lie"): (
+        "nothing in a plain OK greeting can be contradicted (a PREAUTH one, which can, is "
+        "tests/test_imap.py's)"
+    ),
+    ("capability", "number"): (
+        "no number in a CAPABILITY list is read (APPENDLIMIT= is for APPEND, never sent)"
+    ),
+    ("login", "number"): "no number in a LOGIN reply is read",
+    ("login", "lie"): (
+        "a false OK to LOGIN shows as the next command refused with a tagged NO: an ordinary "
+        "refusal, nothing the client could check"
+    ),
+    ("search", "lie"): "UIDs the SEARCH names and the FETCH does not answer: search/number",
+    ("store", "number"): "no number in a UID STORE .SILENT reply is read (no FETCH comes back)",
+    ("expunge", "lie"): (
+        "an OK to EXPUNGE and the messages kept: they stay \\Seen \\Deleted, which fetchmail and "
+        "pyfetch alike skip (nothing lost, nothing twice) until a poll that deletes something "
+        "sends a plain EXPUNGE; with UIDPLUS pyfetch never does, as select/lie shows already"
+    ),
+    ("logout", "number"): "no number in a LOGOUT reply is read",
+    ("logout", "lie"): "the deletions were final at EXPUNGE: nothing at LOGOUT to contradict",
 }
 
 # The listener's kinds are silent, reset, garbage, long and long-nocrlf as above, and
@@ -514,6 +580,338 @@ class _Pop3Session:
             with self.server._lock:
                 self.server.mailbox = [m for m in self.server.mailbox if id(m) not in gone]
         self.conn.lines("+OK Bye")
+        return False
+
+
+# -- IMAP ------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ImapMessage:
+    uid: int
+    data: bytes
+    flags: set[str] = field(default_factory=set)
+
+
+_QUOTED_OR_ATOM = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_PARTIAL = re.compile(r"BODY\.PEEK\[\]<(\d+)\.(\d+)>", re.IGNORECASE)
+_BEYOND = 1 << 64  # what a number too long to be one stands for: a UID no message has
+# A forged text for the unsolicited FETCH of fetch/lie: it carries message 3's Message-ID, so
+# that taking it for a message shows as hostile-3 delivered twice, or as another one lost.
+FORGED = (
+    b"From: mallory@example.org\r\nTo: bob@example.org\r\nSubject: forged\r\n"
+    b"Message-ID: <hostile-3@example.org>\r\n\r\nNot the message asked for.\r\n"
+)
+
+
+_IMAP_COMMANDS = frozenset({
+    "CAPABILITY", "NOOP", "LOGIN", "SELECT", "EXAMINE", "UID_SEARCH", "UID_FETCH", "UID_STORE",
+    "EXPUNGE", "UID_EXPUNGE", "IDLE", "CLOSE", "LOGOUT",
+})  # each answered by _ImapSession's method of that name, in lower case
+
+
+def _imap_number(text: str) -> int:
+    """A number of a client's command, however long (int() refuses more than 4300 digits)."""
+    return int(text) if len(text) <= 30 else _BEYOND
+
+
+class HostileImapServer(_ThreadedServer):
+    """`with HostileImapServer(messages) as imap:` then `imap.set_fault(Fault("sizes", "lie"))`.
+
+    One folder, INBOX, with UIDs 1, 2, ... in order. Flags are the server's as soon as a STORE
+    is answered (as in IMAP); a message goes only when an EXPUNGE (or UID EXPUNGE, with
+    UIDPLUS) answered OK removes it. `mailbox` keeps what is left between sessions."""
+
+    name = "hostile-imap"
+    user = "bob"
+    password = "secret"
+
+    def __init__(
+        self, messages: Iterable[bytes], *, uidplus: bool = True, idle: bool = False,
+        uidvalidity: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.mailbox = [ImapMessage(n, data) for n, data in enumerate(messages, 1)]
+        self.uidvalidity = uidvalidity
+        self.capabilities = ["IMAP4rev1"] + ["UIDPLUS"] * uidplus + ["IDLE"] * idle
+
+    def set_fault(self, fault: Fault | None) -> None:
+        if fault is not None and (fault.step, fault.kind) not in IMAP_MATRIX:
+            raise ValueError(f"not in IMAP_MATRIX: {fault}")
+        super().set_fault(fault)
+
+    def remaining(self) -> list[bytes]:
+        with self._lock:
+            return [m.data for m in self.mailbox]
+
+    def _serve(self, conn: _Conn) -> None:
+        kind = self._kind_at("greeting")
+        if kind is not None and not self._misbehave(conn, kind, b"* OK "):
+            return
+        if kind is None:
+            conn.lines("* OK hostile IMAP server ready")
+        session = _ImapSession(self, conn)
+        while session.dispatch(conn.readline(1 << 16).decode("utf-8", "replace")):
+            pass
+
+
+class _ImapSession:
+    """The state of one IMAP connection, and its answers."""
+
+    def __init__(self, server: HostileImapServer, conn: _Conn) -> None:
+        self.server = server
+        self.conn = conn
+        self.tag = "*"
+        self.logged_in = False
+        self.selected = False
+        self.read_only = False
+
+    def dispatch(self, line: str) -> bool:
+        """Answer one command; False ends the session."""
+        self.tag, _, rest = line.partition(" ")
+        verb, _, args = rest.partition(" ")
+        verb = verb.upper()
+        if verb == "UID":
+            verb, _, args = args.partition(" ")
+            verb = f"UID_{verb.upper()}"
+        if verb not in _IMAP_COMMANDS:
+            self.conn.lines(f"{self.tag} BAD unknown command")
+            return True
+        handler = getattr(self, f"_{verb.lower()}")
+        if verb not in ("CAPABILITY", "LOGIN", "LOGOUT", "NOOP") and not self.logged_in:
+            self.conn.lines(f"{self.tag} BAD not logged in")
+            return True
+        if (verb.startswith("UID_") or verb == "EXPUNGE") and not self.selected:
+            self.conn.lines(f"{self.tag} BAD no folder selected")
+            return True
+        result: bool = handler(args)
+        return result
+
+    def _at(self, step: str, *, position: int | None = None) -> str | None:
+        kind = self.server._kind_at(step)
+        if kind is not None and position is not None and position < 2:
+            return None  # the first message goes through, so that the run fails part-way
+        return kind
+
+    def _answer(
+        self, kind: str | None, untagged: list[bytes], status: str, *, hit: int = 0
+    ) -> bool:
+        """Untagged lines (each without its CRLF) and the tagged status. garbage, long and
+        long-nocrlf replace line `hit` (counting the tagged one last); silent and reset hit the
+        whole answer."""
+        if kind in ("silent", "reset"):
+            return self.server._misbehave(self.conn, kind, b"")
+        lines = [line + b"\r\n" for line in untagged] + [f"{self.tag} {status}\r\n".encode()]
+        hit = min(hit, len(lines) - 1)
+        prefix = b" ".join(lines[hit].split(b" ")[:2]) + b" "
+        if kind == "garbage":
+            lines[hit] = GARBAGE
+        elif kind == "long":
+            lines[hit] = _long_line(prefix, crlf=True)
+        elif kind == "long-nocrlf":
+            self.conn.send(b"".join(lines[:hit]) + _long_line(prefix, crlf=False))
+            self.conn.hang()
+            return False
+        elif kind is not None:
+            raise ValueError(f"{self.server.name}: no fault {kind!r} here")
+        self.conn.send(b"".join(lines))
+        return True
+
+    def _messages(self) -> list[ImapMessage]:
+        with self.server._lock:
+            return list(self.server.mailbox)
+
+    def _uid_set(self, spec: str) -> list[tuple[int, ImapMessage]]:
+        """(sequence number, message) of each message whose UID the set names."""
+        messages = self._messages()
+        highest = messages[-1].uid if messages else 0
+        wanted: list[tuple[int, int]] = []
+        for part in spec.split(","):
+            low, _, high = part.partition(":")
+            first = highest if low == "*" else _imap_number(low)
+            last = first if not high else highest if high == "*" else _imap_number(high)
+            wanted.append((min(first, last), max(first, last)))
+        return [
+            (position, m) for position, m in enumerate(messages, 1)
+            if any(low <= m.uid <= high for low, high in wanted)
+        ]
+
+    # -- the commands --------------------------------------------------------------------
+
+    def _capability(self, args: str) -> bool:
+        kind = self._at("capability")
+        capabilities = list(self.server.capabilities)
+        if kind == "lie":
+            capabilities += [] if "UIDPLUS" in capabilities else ["UIDPLUS"]
+            kind = None  # offered here, refused at UID EXPUNGE
+        line = "* CAPABILITY " + " ".join(capabilities)
+        return self._answer(kind, [line.encode()], "OK CAPABILITY completed")
+
+    def _noop(self, args: str) -> bool:
+        return self._answer(None, [], "OK NOOP completed")
+
+    def _login(self, args: str) -> bool:
+        words = [q.replace('\\"', '"').replace("\\\\", "\\") if q else a
+                 for q, a in _QUOTED_OR_ATOM.findall(args)]
+        kind = self._at("login")
+        if kind is not None:
+            return self._answer(kind, [], "OK LOGIN completed")
+        if words != [self.server.user, self.server.password]:
+            return self._answer(None, [], "NO [AUTHENTICATIONFAILED] Authentication failed.")
+        self.logged_in = True
+        return self._answer(None, [], "OK Logged in.")
+
+    def _select(self, args: str, *, read_only: bool = False) -> bool:
+        if args.strip().strip('"').upper() != "INBOX":
+            return self._answer(None, [], "NO [NONEXISTENT] no such folder")
+        kind = self._at("select")
+        messages = self._messages()
+        exists, validity = str(len(messages)), str(self.server.uidvalidity)
+        if kind == "number":
+            exists, validity = GIANT, HUGE
+        untagged = [
+            f"* {exists} EXISTS".encode(),
+            b"* 0 RECENT",
+            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+            f"* OK [UIDVALIDITY {validity}] UIDs valid".encode(),
+            f"* OK [UIDNEXT {messages[-1].uid + 1 if messages else 1}] Predicted next UID".encode(),
+        ]
+        mode = "READ-ONLY" if read_only else "READ-WRITE"
+        answered = self._answer(
+            None if kind in ("number", "lie") else kind, untagged, f"OK [{mode}] Select completed"
+        )
+        self.selected, self.read_only = answered, read_only
+        return answered
+
+    def _examine(self, args: str) -> bool:
+        return self._select(args, read_only=True)
+
+    def _uid_search(self, args: str) -> bool:
+        kind = self._at("search")
+        uids = [str(m.uid) for m in self._messages()]
+        if kind == "number":
+            uids += [HUGE, GIANT]
+        line = " ".join(["* SEARCH", *uids]).encode()
+        return self._answer(kind if kind != "number" else None, [line], "OK Search completed")
+
+    def _uid_fetch(self, args: str) -> bool:
+        spec, _, items = args.partition(" ")
+        if "BODY" in items.upper():
+            return self._fetch_text(spec, items)
+        kind = self._at("sizes")
+        untagged: list[bytes] = []
+        for position, m in self._uid_set(spec):
+            size = str(len(m.data))
+            if kind == "number" and position <= 2:
+                size = HUGE
+            elif kind == "lie":
+                size = str({1: len(m.data) + 100, 2: len(m.data) - 10}.get(position, size))
+            flags = " ".join(sorted(m.flags))
+            untagged.append(
+                f"* {position} FETCH (UID {m.uid} RFC822.SIZE {size} FLAGS ({flags}))".encode()
+            )
+            if kind == "lie" and position == 1:
+                # for another message, without its UID: not a listing of message 3
+                untagged.append(b"* 3 FETCH (RFC822.SIZE 10 FLAGS (\\Seen \\Deleted))")
+        if kind in ("number", "lie"):
+            kind = None
+        return self._answer(kind, untagged, "OK Fetch completed", hit=1)
+
+    def _fetch_text(self, spec: str, items: str) -> bool:
+        partial = _PARTIAL.search(items)
+        for position, m in self._uid_set(spec):
+            text, item = m.data, "BODY[]"
+            if partial is not None:
+                offset, length = int(partial.group(1)), int(partial.group(2))
+                text, item = text[offset : offset + length], f"BODY[]<{offset}>"
+            if self.server._kind_at("select") == "lie" and position >= 2:
+                # The server goes down; it comes back with another UIDVALIDITY, UIDs unchanged.
+                with self.server._lock:
+                    self.server.uidvalidity += 1
+                self.conn.lines("* BYE server shutting down")
+                return False
+            kind = self._at("fetch", position=position)
+            head = f"* {position} FETCH (UID {m.uid} {item} {{{len(text)}}}".encode()
+            if kind == "number":
+                head = f"* {position} FETCH (UID {m.uid} {item} {{{GIANT}}}".encode()
+            elif kind == "reset":
+                # the head and half the text, then the reset: a message cut short
+                self.conn.send(head + b"\r\n" + text[: len(text) // 2])
+                self.conn.reset()
+                return False
+            elif kind == "lie":
+                # for another message (sequence number 3), without its UID, before the real one
+                self.conn.send(b"* 3 FETCH (BODY[] {%d}\r\n%s)\r\n" % (len(FORGED), FORGED))
+            elif kind is not None:
+                return self._answer(kind, [head], "OK Fetch completed")
+            self.conn.send(head + b"\r\n" + text + b")\r\n")
+        return self._answer(None, [], "OK Fetch completed")
+
+    def _uid_store(self, args: str) -> bool:
+        spec, _, rest = args.partition(" ")
+        mode, _, flag_list = rest.partition(" ")
+        flags = flag_list.strip().strip("()").split()
+        if self.read_only:
+            return self._answer(None, [], "NO [READ-ONLY] folder is read-only")
+        untagged: list[bytes] = []
+        for position, m in self._uid_set(spec):
+            kind = self._at("store", position=position)
+            if kind == "lie":
+                continue  # answered OK below, all the same
+            if kind is not None:
+                return self._answer(kind, [], "OK Store completed")  # and nothing flagged
+            with self.server._lock:
+                if mode.upper().startswith("+"):
+                    m.flags.update(flags)
+                elif mode.upper().startswith("-"):
+                    m.flags.difference_update(flags)
+                else:
+                    m.flags = set(flags)
+            if not mode.upper().endswith(".SILENT"):
+                shown = " ".join(sorted(m.flags))
+                untagged.append(f"* {position} FETCH (UID {m.uid} FLAGS ({shown}))".encode())
+        return self._answer(None, untagged, "OK Store completed")
+
+    def _expunge(self, args: str, spec: str | None = None) -> bool:
+        kind = self._at("expunge")
+        if kind not in (None, "number"):
+            return self._answer(kind, [], "OK Expunge completed")  # and nothing expunged
+        chosen = None if spec is None else {id(m) for _, m in self._uid_set(spec)}
+        untagged: list[bytes] = []
+        with self.server._lock:
+            for position in range(len(self.server.mailbox), 0, -1):
+                m = self.server.mailbox[position - 1]
+                if "\\Deleted" in m.flags and (chosen is None or id(m) in chosen):
+                    del self.server.mailbox[position - 1]
+                    number = GIANT if kind == "number" else str(position)
+                    untagged.append(f"* {number} EXPUNGE".encode())
+        return self._answer(None, untagged, "OK Expunge completed")
+
+    def _uid_expunge(self, args: str) -> bool:
+        if "UIDPLUS" not in self.server.capabilities or self._at("capability") == "lie":
+            return self._answer(None, [], "BAD unknown command")  # offered, all the same
+        return self._expunge("", args.strip())
+
+    def _idle(self, args: str) -> bool:
+        if "IDLE" not in self.server.capabilities:
+            return self._answer(None, [], "BAD unknown command")
+        self.conn.lines("+ idling")
+        while self.conn.readline(4096).strip().upper() != b"DONE":
+            pass
+        return self._answer(None, [], "OK IDLE terminated")
+
+    def _close(self, args: str) -> bool:
+        """What EXPUNGE does, silently (RFC 3501 6.4.2), then the folder is left."""
+        if not self.read_only:
+            with self.server._lock:
+                kept = [m for m in self.server.mailbox if "\\Deleted" not in m.flags]
+                self.server.mailbox = kept
+        self.selected = False
+        return self._answer(None, [], "OK Close completed")
+
+    def _logout(self, args: str) -> bool:
+        kind = self._at("logout")
+        self._answer(kind, [b"* BYE Logging out"], "OK Logout completed")
         return False
 
 
