@@ -11,7 +11,6 @@ Three promises are held against it:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,17 +26,14 @@ import pytest
 from fakes.imap import FakeImapServer, oauth_string
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
+from test_imap_faults import RecordingSink, poll
 
 from fetcher import trace
-from fetcher.drivers.base import MailboxDriver, MessageInfo
+from fetcher.drivers.base import MessageInfo
 from fetcher.drivers.imap import ImapDriver
 from fetcher.errors import AuthenticationError, ProtocolError, PyfetchError
 from fetcher.exitcodes import ExitCode
-from fetcher.model import GlobalOptions, ServerOptions, UserOptions
-from fetcher.report import Reporter
-from fetcher.session import AccountPoll, PollResult
-from fetcher.sinks.base import Delivery, Envelope, Message, Outcome, Sink
-from fetcher.uidstore import StoreService, UidStore
+from fetcher.model import ServerOptions, UserOptions
 
 MESSAGES = [
     b"From: one@example.org\r\nSubject: first\r\nMessage-ID: <one@example.org>\r\n\r\n"
@@ -147,52 +143,6 @@ def test_the_listing_takes_sizes_and_flags_only_from_the_uid(where: str) -> None
         (1, len(MESSAGES[0]), False), (2, len(MESSAGES[1]), False),
     ]  # fmt: skip
     assert d.seen_uids == set()
-
-
-class RecordingSink:
-    """A Sink that keeps the Subject of every message it is given."""
-
-    def __init__(self) -> None:
-        self.subjects: list[str] = []
-
-    async def deliver(self, envelope: Envelope, message: Message) -> Delivery:
-        for line in message.header.decode("utf-8", "replace").split("\r\n"):
-            if line.lower().startswith("subject:"):
-                self.subjects.append(line.split(":", 1)[1].strip())
-        message.body.read()
-        return Delivery(Outcome.ACCEPTED, "250 ok")
-
-    async def close(self) -> None:
-        pass
-
-
-def poll(server: FakeImapServer, sink: RecordingSink, idfile: Path) -> PollResult:
-    """One poll of bob's INBOX, as tests/test_imap_faults.py drives it."""
-    options = ServerOptions(
-        pollname="127.0.0.1", protocol="IMAP", service=str(server.port), timeout=5,
-        auth="password",
-    )  # fmt: skip
-    user = UserOptions(remote="bob", password="secret", sslproto="")
-    store = UidStore(str(idfile))
-    store.load()
-    service = StoreService(store)
-
-    def make_driver(
-        s: ServerOptions, u: UserOptions, folder: str | None, read_only: bool
-    ) -> MailboxDriver:
-        return ImapDriver(s, u, folder=folder, read_only=read_only)
-
-    def make_sink(s: ServerOptions, u: UserOptions, g: GlobalOptions) -> Sink:
-        return sink
-
-    account = AccountPoll(
-        options, user, GlobalOptions(), service, Reporter(silent=True), make_driver, make_sink
-    )
-    try:
-        return asyncio.run(account.run())
-    finally:
-        service.close()
-        store.close()
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

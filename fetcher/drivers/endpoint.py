@@ -3,11 +3,12 @@ and the TLS mode and context (built only by fetcher.tls)."""
 
 from __future__ import annotations
 
+import ssl
 from typing import ClassVar, Literal
 
 from fetcher import tls
 from fetcher.config import DEFAULT_TIMEOUT, service_port
-from fetcher.errors import ConfigError, ServerConnectionError, ServerTimeoutError
+from fetcher.errors import ConfigError, ServerConnectionError, ServerTimeoutError, TLSError
 from fetcher.model import ServerOptions, UserOptions
 
 
@@ -56,6 +57,30 @@ class Endpoint:
         if self._context is None:
             self._context = tls.client_context(self.user, self.host)
         return self._context
+
+    def _open(self, port: int, context: ssl.SSLContext | None) -> None:
+        """Connect and read the greeting (TLS first when `context` is given); each driver's."""
+        raise NotImplementedError
+
+    def _open_implicit(self, port: int) -> None:
+        """Connect with TLS from the first octet. Under `no sslcertck` the certificate is
+        checked all the same, only to warn as fetchmail does (tls.checks_only_to_warn): if it
+        does not verify, the connection is made again without the check, and the warning said
+        before any credential goes out."""
+        checking = self._checking_context()
+        if checking is not None:
+            try:
+                self._open(port, checking)
+            except TLSError as err:
+                if not isinstance(err.__cause__, ssl.SSLCertVerificationError):
+                    raise
+                self._open(port, self._tls_context())
+                self.tls_active = True
+                tls.warn_unverified(err.__cause__, self.label)
+                return
+        else:
+            self._open(port, self._tls_context())
+        self.tls_active = True
 
     def _checking_context(self) -> tls.ClientContext | None:
         """With `no sslcertck` and no pin, a context that checks the certificate as `sslcertck`

@@ -282,24 +282,6 @@ class ImapDriver(Endpoint):
         if self.tls_mode in (tls.TlsMode.STARTTLS, tls.TlsMode.OPPORTUNISTIC):
             self._starttls(port)
 
-    def _open_implicit(self, port: int) -> None:
-        """Connect with TLS from the first octet. Under `no sslcertck` the certificate is
-        checked all the same, only to warn as fetchmail does (tls.checks_only_to_warn)."""
-        checking = self._checking_context()
-        if checking is not None:
-            try:
-                self._open(port, checking)
-            except TLSError as err:
-                if not isinstance(err.__cause__, ssl.SSLCertVerificationError):
-                    raise
-                self._open(port, self._tls_context())
-                self.tls_active = True
-                tls.warn_unverified(err.__cause__, self.label)  # before any credential
-                return
-        else:
-            self._open(port, self._tls_context())
-        self.tls_active = True
-
     def login(self) -> None:
         self._require_connection()
         if self.tls_mode.required and not self.tls_active:

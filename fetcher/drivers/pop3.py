@@ -304,27 +304,6 @@ class Pop3Driver(Endpoint):
 
     # -- connection and TLS --------------------------------------------------------------
 
-    def _open_implicit(self, port: int) -> None:
-        """Connect with TLS from the first octet. Under `no sslcertck` the certificate is
-        checked all the same, only to warn as fetchmail does (tls.checks_only_to_warn)."""
-        checking = self._checking_context()
-        if checking is not None:
-            try:
-                self._open(port, checking)
-            except TLSError as err:
-                if not isinstance(err.__cause__, ssl.SSLCertVerificationError):
-                    raise
-                unverified = err.__cause__
-            else:
-                self.tls_active = True
-                return
-            self._open(port, self._tls_context())
-            self.tls_active = True
-            tls.warn_unverified(unverified, self.label)
-            return
-        self._open(port, self._tls_context())
-        self.tls_active = True
-
     def _open(self, port: int, context: ssl.SSLContext | None) -> None:
         try:
             conn = self._connect_factory(
