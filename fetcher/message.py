@@ -4,7 +4,8 @@ Pure: no I/O except reading (and, in `read_header`, seeking) the spool file hand
 works on bytes, because mail is 8-bit, may hold invalid UTF-8 or NULs, and may use bare LF line
 ends. Only the header block is held in memory (fetchmail buffers it too: it decides the sender,
 the recipients and where the Received line goes); the body stays in the spool and is streamed
-through `body_chunks` and `dot_stuff_chunks` in bounded chunks (docs/design.md, rule 6).
+through `read_chunks`, `convert_line_ends` and `dot_stuff_chunks` in bounded chunks
+(docs/design.md, rule 6).
 
 Steps, in the order a poll uses them:
 
@@ -14,8 +15,9 @@ Steps, in the order a poll uses them:
    BODY= parameter;
 3. `received_header` builds fetchmail's trace line and `edit_header` the header block handed
    on (or raises `BadHeaderError`);
-4. the sink streams the body with `body_chunks` (stripcr/forcecr) and, for SMTP, LMTP and
-   BSMTP, `dot_stuff_chunks`; an MDA command line comes from `mda_command`.
+4. the sink streams header and body with `read_chunks` and `convert_line_ends` (stripcr,
+   forcecr) and, for SMTP, LMTP and BSMTP, `dot_stuff_chunks`; an MDA command line comes
+   from `mda_command`.
 
 `prepare` strings steps 1 to 3 together for the session.
 
@@ -46,7 +48,6 @@ __all__ = [
     "HeaderField",
     "RawHeader",
     "TracePoll",
-    "body_chunks",
     "body_type",
     "check_mda_template",
     "convert_line_ends",
@@ -772,17 +773,6 @@ def convert_line_ends(
     if forcecr:
         return _force_cr(chunks)
     return (chunk for chunk in chunks if chunk)
-
-
-def body_chunks(
-    body: BinaryIO, *, stripcr: bool = False, forcecr: bool = False, chunk_size: int = 65536
-) -> Iterator[bytes]:
-    """The rest of `body` in bounded chunks, line ends converted (`convert_line_ends`). For an
-    MDA, run the header through the same conversion: `convert_line_ends(chain([header],
-    read_chunks(body)), stripcr=True)`."""
-    return convert_line_ends(read_chunks(body, chunk_size), stripcr=stripcr, forcecr=forcecr)
-
-
 
 
 def _stuff(chunk: bytes) -> bytes:

@@ -25,7 +25,6 @@ from fetcher.message import (
     BodyType,
     RawHeader,
     TracePoll,
-    body_chunks,
     body_type,
     check_mda_template,
     convert_line_ends,
@@ -681,10 +680,11 @@ def test_dot_stuffing_does_not_depend_on_chunking(data: bytes, cuts: list[int]) 
 
 
 @given(DATA, st.integers(min_value=1, max_value=7), st.booleans(), st.booleans())
-def test_body_chunks_reads_the_file_in_bounded_pieces(
+def test_a_body_streams_through_in_bounded_pieces(
     data: bytes, size: int, stripcr: bool, forcecr: bool
 ) -> None:
-    pieces = list(body_chunks(io.BytesIO(data), stripcr=stripcr, forcecr=forcecr, chunk_size=size))
+    chunks = read_chunks(io.BytesIO(data), size)
+    pieces = list(convert_line_ends(chunks, stripcr=stripcr, forcecr=forcecr))
     assert b"".join(pieces) == ref_line_ends(data, stripcr, forcecr)
     assert all(0 < len(p) <= 2 * size + 1 for p in pieces)
 
@@ -1008,3 +1008,8 @@ def test_prepare_headerless() -> None:
         b"Subject: Headerless mail from bob's mailbox on mail.isp.net\r\n\r\n"
     )
     assert message.body.read() == b"just a body\r\n"
+
+
+def test_header_lines_keep_every_character_but_the_line_end() -> None:
+    header = read_header(io.BytesIO(b"Subject: BOX\r\nX-Tag: XX\r\r\n\r\nbody"))
+    assert [f.raw for f in header.fields] == [b"Subject: BOX", b"X-Tag: XX"]
