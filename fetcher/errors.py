@@ -73,6 +73,14 @@ class ServerTimeoutError(ServerConnectionError, TimeoutError):
     error (PS_SOCKET), whether it waited for the greeting, a reply or a message's text."""
 
 
+class DNSError(ServerConnectionError):
+    """The server's name does not resolve (exit 11). fetchmail 6.4 looks the name up before it
+    connects, unless `no dns` is given, and ends the poll with PS_DNS when that fails; with
+    `no dns` the failed connect is a socket error (exit 2), which ServerConnectionError is."""
+
+    exit_code = ExitCode.DNS
+
+
 class AuthenticationError(RemoteError):
     exit_code = ExitCode.AUTHFAIL
 

@@ -1,7 +1,9 @@
 """What a run tells the user, in fetchmail's words: counts, one line per message, errors.
 
 `-s` silences the progress lines; errors are always shown. Trace lines (-v) go through
-`fetcher.trace` and appear between these lines in the order things happen.
+`fetcher.trace` and appear between these lines in the order things happen. All of them go
+through the console, which sends progress lines to stdout and errors to stderr, or all of them
+to the logfile or syslog (fetcher.logsetup).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from fetcher import __version__
 from fetcher.console import Console
 from fetcher.errors import (
     AuthenticationError,
+    DNSError,
     ListenerUnavailableError,
     PyfetchError,
     ServerConnectionError,
@@ -111,6 +114,8 @@ def describe_failure(err: PyfetchError, server: ServerOptions, user: UserOptions
             f"{err.message}\npyfetch: SMTP transaction error while fetching from {account} "
             f"and delivering to SMTP host {', '.join(user.smtphunt)}"
         )
+    if isinstance(err, DNSError):  # fetchmail 6.4.37 says this one line, and no more
+        return err.message
     if isinstance(err, ServerTimeoutError):  # fetchmail 6.4.37's words for a timeout
         return f"{err.message}\npyfetch: socket error while fetching from {account}"
     if isinstance(err, ServerConnectionError):

@@ -43,6 +43,20 @@ Certificate checks, by the options:
   is enough on its own: the pin stands in for the CA and the name check. fetchmail 6.4 also
   demands a verifying chain unless `no sslcertck` is given, so pyfetch accepts a pinned
   self-signed certificate that fetchmail would refuse. An exact pin proves more than a CA does.
+
+What the user is shown:
+
+- with -v, after each handshake, fetchmail 6.4.37's lines about the certificate (its issuer's
+  organization and common name, its subject's common name and DNS names, the MD5 fingerprint
+  fetchmail prints), then the SHA-256 fingerprint in the form `sslfingerprint` takes, then the
+  protocol and cipher (`certificate_lines`, `session_line`). The names are read from the DER
+  certificate (`certificate_names`): `getpeercert()` gives them only when the chain was
+  checked, and a pinned or `no sslcertck` session is not.
+- when a certificate does not verify, how to trust it (`trust_advice`): the CA certificate to
+  name in `sslcertfile`, or the `sslfingerprint` to paste for that very certificate. Python
+  does not expose the certificate of a failed handshake, so a driver reads it on a connection
+  of its own that checks nothing and sends nothing but the protocol's request for TLS
+  (`certificate_reader`).
 """
 
 from __future__ import annotations
@@ -54,7 +68,9 @@ import os
 import re
 import socket
 import ssl
+import unicodedata
 import warnings
+from dataclasses import dataclass
 
 from fetcher import trace
 from fetcher.errors import ConfigError, TLSError
@@ -175,6 +191,209 @@ def fingerprint(der: bytes, algorithm: str = "sha256") -> str:
     return ":".join(f"{b:02X}" for b in hashlib.new(algorithm, der).digest())
 
 
+# -- reading the names in a certificate (DER) --------------------------------------------------
+#
+# Only what the -v lines and the advice need: the issuer's O and CN, the subject's CN and the
+# subjectAltName's DNS names (RFC 5280, section 4.1). OpenSSL has parsed the certificate
+# during the handshake, so it is well-formed DER; still, a server chooses these bytes, so the
+# reader checks every length against its bounds and gives up (None) on anything unexpected.
+
+_OID_COMMON_NAME = bytes([0x55, 0x04, 0x03])  # 2.5.4.3
+_OID_ORGANIZATION = bytes([0x55, 0x04, 0x0A])  # 2.5.4.10
+_OID_SUBJECT_ALT_NAME = bytes([0x55, 0x1D, 0x11])  # 2.5.29.17
+_SEQUENCE, _SET, _OID, _OCTET_STRING = 0x30, 0x31, 0x06, 0x04
+_VERSION, _EXTENSIONS, _DNS_NAME = 0xA0, 0xA3, 0x82  # [0], [3] constructed; [2] primitive
+# The string types of X.520 names, and how their octets read.
+_STRING_CODECS = {
+    0x0C: "utf-8",  # UTF8String
+    0x12: "latin-1",  # NumericString
+    0x13: "latin-1",  # PrintableString
+    0x14: "latin-1",  # TeletexString (T61): mostly Latin-1 in practice, as OpenSSL prints it
+    0x16: "latin-1",  # IA5String
+    0x1A: "latin-1",  # VisibleString
+    0x1C: "utf-32-be",  # UniversalString
+    0x1E: "utf-16-be",  # BMPString
+}
+_MAX_SHOWN = 256  # characters of one name shown; fetchmail's buffer holds 256 too
+_MAX_DNS_NAMES_SHOWN = 100  # a certificate may list thousands; -v shows this many
+
+
+class _BadDer(ValueError):
+    """The bytes are not the DER this reader expects."""
+
+
+_Element = tuple[int, int, int]  # tag (its first octet), content start, content end
+
+
+def _element(der: bytes, pos: int, end: int) -> _Element:
+    """The DER element at der[pos:end]."""
+    if end - pos < 2:
+        raise _BadDer("truncated")
+    tag = der[pos]
+    pos += 1
+    if tag & 0x1F == 0x1F:  # a tag number above 30 follows in base 128; none is read here
+        while True:
+            if pos >= end:
+                raise _BadDer("truncated tag")
+            pos += 1
+            if not der[pos - 1] & 0x80:
+                break
+    if pos >= end:
+        raise _BadDer("truncated")
+    length = der[pos]
+    pos += 1
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or end - pos < count:  # 0: BER's indefinite length, not DER
+            raise _BadDer("bad length")
+        length = int.from_bytes(der[pos : pos + count], "big")
+        pos += count
+    if length > end - pos:
+        raise _BadDer("length past the end")
+    return tag, pos, pos + length
+
+
+def _children(der: bytes, parent: _Element, tag: int) -> list[_Element]:
+    """The elements inside `parent`, which must have the tag given."""
+    if parent[0] != tag:
+        raise _BadDer(f"tag {parent[0]:#x} where {tag:#x} was expected")
+    children = []
+    pos, end = parent[1], parent[2]
+    while pos < end:
+        child = _element(der, pos, end)
+        children.append(child)
+        pos = child[2]
+    return children
+
+
+def _attributes(der: bytes, name: _Element) -> dict[bytes, str]:
+    """A Name's attributes by OID, the first of each kind (as OpenSSL's
+    X509_NAME_get_text_by_NID finds it); values of other than string types are left out."""
+    found: dict[bytes, str] = {}
+    for rdn in _children(der, name, _SEQUENCE):
+        for pair in _children(der, rdn, _SET):
+            parts = _children(der, pair, _SEQUENCE)
+            if len(parts) != 2 or parts[0][0] != _OID:
+                raise _BadDer("bad attribute")
+            oid = der[parts[0][1] : parts[0][2]]
+            tag, start, end = parts[1]
+            codec = _STRING_CODECS.get(tag)
+            if codec is not None and oid not in found:
+                found[oid] = der[start:end].decode(codec, "replace")
+    return found
+
+
+def _dns_names(der: bytes, extensions: _Element) -> tuple[str, ...]:
+    for extension in _children(der, _children(der, extensions, _EXTENSIONS)[0], _SEQUENCE):
+        parts = _children(der, extension, _SEQUENCE)
+        if len(parts) < 2 or parts[0][0] != _OID:
+            raise _BadDer("bad extension")
+        if der[parts[0][1] : parts[0][2]] != _OID_SUBJECT_ALT_NAME:
+            continue
+        value = parts[-1]
+        if value[0] != _OCTET_STRING:
+            raise _BadDer("bad extension value")
+        general_names = _element(der, value[1], value[2])
+        return tuple(
+            der[start:end].decode("ascii", "replace")
+            for tag, start, end in _children(der, general_names, _SEQUENCE)
+            if tag == _DNS_NAME
+        )
+    return ()
+
+
+@dataclass(frozen=True)
+class CertificateNames:
+    """The names in a certificate that fetchmail shows with -v; None where there is none."""
+
+    issuer_organization: str | None
+    issuer_common_name: str | None
+    subject_common_name: str | None
+    dns_names: tuple[str, ...]  # the subjectAltName's dNSName entries, in order
+
+
+def certificate_names(der: bytes) -> CertificateNames | None:
+    """The names in a DER certificate; None if it cannot be read."""
+    try:
+        certificate = _element(der, 0, len(der))
+        tbs = _children(der, _children(der, certificate, _SEQUENCE)[0], _SEQUENCE)
+        # version [0] (optional), serialNumber, signature, issuer, validity, subject,
+        # subjectPublicKeyInfo, then the optional [1], [2] and [3] (extensions)
+        first = 1 if tbs[0][0] == _VERSION else 0
+        issuer = _attributes(der, tbs[first + 2])
+        subject = _attributes(der, tbs[first + 4])
+        dns_names: tuple[str, ...] = ()
+        for element in tbs[first + 6 :]:
+            if element[0] == _EXTENSIONS:
+                dns_names = _dns_names(der, element)
+    except (_BadDer, IndexError):
+        return None
+    return CertificateNames(
+        issuer_organization=issuer.get(_OID_ORGANIZATION),
+        issuer_common_name=issuer.get(_OID_COMMON_NAME),
+        subject_common_name=subject.get(_OID_COMMON_NAME),
+        dns_names=dns_names,
+    )
+
+
+_UNREADABLE = CertificateNames(None, None, None, ())
+# What a server put in its certificate reaches the terminal or the log: control characters
+# (ESC, NUL, C1), and the format characters that reorder text (U+202E) or hide it, are shown as
+# "?", as trace shows control characters in a server's replies.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _shown(text: str) -> str:
+    text = "".join(
+        "?" if unicodedata.category(char) in _HIDDEN_CATEGORIES else char
+        for char in text[: _MAX_SHOWN + 1]
+    )
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+
+def certificate_lines(der: bytes, label: str) -> list[str]:
+    """fetchmail 6.4.37's -v lines about the server's certificate, then its SHA-256
+    fingerprint in the form `sslfingerprint` takes (fetchmail shows only the MD5 one)."""
+    names = certificate_names(der) or _UNREADABLE
+    lines = ["Server certificate:"]
+    if names.issuer_organization is not None:
+        lines.append(f"Issuer Organization: {_shown(names.issuer_organization)}")
+    else:
+        lines.append("Unknown Organization")
+    if names.issuer_common_name is not None:
+        lines.append(f"Issuer CommonName: {_shown(names.issuer_common_name)}")
+    else:
+        lines.append("Unknown Issuer CommonName")
+    if names.subject_common_name is not None:
+        lines.append(f"Subject CommonName: {_shown(names.subject_common_name)}")
+    else:
+        lines.append("Unknown Server CommonName")
+    shown = names.dns_names[:_MAX_DNS_NAMES_SHOWN]
+    lines += [f"Subject Alternative Name: {_shown(name)}" for name in shown]
+    if len(names.dns_names) > len(shown):
+        lines.append(f"({len(names.dns_names) - len(shown)} more Subject Alternative Names)")
+    lines.append(f"{label} key fingerprint: {fingerprint(der, 'md5')}")
+    lines.append(f"{label} key fingerprint (SHA-256): {fingerprint(der, 'sha256')}")
+    return lines
+
+
+def session_line(peer: ssl.SSLSocket | ssl.SSLObject) -> str | None:
+    """fetchmail's -v line about the protocol and cipher a handshake agreed on."""
+    cipher, version = peer.cipher(), peer.version()
+    if cipher is None or version is None:
+        return None
+    name, _, secret_bits = cipher
+    # fetchmail prints OpenSSL's SSL_CIPHER_get_bits(): the secret bits, and the bits the
+    # algorithm processes (more than the secret ones for export ciphers of old).
+    processed = next(
+        (c["alg_bits"] for c in peer.context.get_ciphers() if c["name"] == name), secret_bits
+    )
+    return (
+        f"SSL/TLS: using protocol {version}, cipher {name}, "
+        f"{secret_bits}/{processed} secret/processed bits"
+    )
+
+
 class ClientContext(ssl.SSLContext):
     """An SSLContext bound to one server: it knows the name to check and the pin to enforce.
 
@@ -184,8 +403,9 @@ class ClientContext(ssl.SSLContext):
     """
 
     expected_name: str  # sslcommonname, else the server name: SNI and the hostname check
-    label: str  # the server name, for messages
+    label: str  # the poll name, for messages
     pin: str | None  # sslfingerprint
+    show_peer: bool  # -v shows the certificate and the cipher after each handshake
 
     def wrap_socket(
         self,
@@ -205,6 +425,23 @@ class ClientContext(ssl.SSLContext):
             server_hostname=self.expected_name,
             session=session,
         )
+
+    def after_handshake(self, peer: ssl.SSLSocket | ssl.SSLObject) -> None:
+        """Show the certificate with -v, then enforce the pin (TLSError on a mismatch): in
+        this order, so that -v shows which certificate a mismatch was about, as in fetchmail.
+        """
+        der = peer.getpeercert(binary_form=True)
+        show = self.show_peer and trace.enabled()
+        if show and der is not None:
+            for line in certificate_lines(der, self.label):
+                trace.note(line)
+        self.check_peer(der)
+        if show:
+            if self.pin is not None:
+                trace.note(f"{self.label} fingerprints match.")
+            agreed = session_line(peer)
+            if agreed is not None:
+                trace.note(agreed)
 
     def check_peer(self, der: bytes | None) -> None:
         """Enforce the pin once the handshake is done. TLSError on a mismatch."""
@@ -230,7 +467,7 @@ class _CheckedSocket(ssl.SSLSocket):
         super().do_handshake(block)
         context = self.context
         if isinstance(context, ClientContext):
-            context.check_peer(self.getpeercert(binary_form=True))
+            context.after_handshake(self)
 
 
 class _CheckedObject(ssl.SSLObject):
@@ -240,7 +477,7 @@ class _CheckedObject(ssl.SSLObject):
         super().do_handshake()
         context = self.context
         if isinstance(context, ClientContext):
-            context.check_peer(self.getpeercert(binary_form=True))
+            context.after_handshake(self)
 
 
 def expected_hostname(user: UserOptions, server_name: str) -> str:
@@ -270,13 +507,14 @@ def warn_unverified(err: ssl.SSLCertVerificationError, label: str) -> None:
 
 
 def client_context(
-    user: UserOptions, server_name: str, *, verify: bool | None = None
+    user: UserOptions, server_name: str, *, verify: bool | None = None, label: str | None = None
 ) -> ClientContext:
     """The SSLContext for connecting to `server_name` (the `via` name, else the poll name).
 
     `verify=True` checks the chain and the name whatever `sslcertck` says (see
     `checks_only_to_warn`); None checks as the options say. A context with `verify` given is a
     second one for the same options: the warnings about them were given with the first.
+    `label` names the server in messages (the poll name); `server_name` if not given.
 
     Raises ConfigError for an impossible `sslproto` or a malformed `sslfingerprint`, and
     TLSError (exit 2, as fetchmail) when a certificate, key or CA file cannot be loaded.
@@ -292,8 +530,9 @@ def client_context(
 
     context = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
     context.expected_name = expected_hostname(user, server_name)
-    context.label = server_name
+    context.label = label or server_name
     context.pin = user.sslfingerprint or None
+    context.show_peer = True
     context.sslsocket_class = _CheckedSocket
     context.sslobject_class = _CheckedObject
 
@@ -317,6 +556,17 @@ def client_context(
     else:
         context.verify_mode = ssl.CERT_REQUIRED
         context.check_hostname = True
+    return context
+
+
+def certificate_reader(user: UserOptions, server_name: str) -> ClientContext:
+    """A context only for reading the certificate a server presents, after a checked handshake
+    failed on it (see `trust_advice`): it checks nothing, enforces no pin and shows nothing; the
+    TLS versions, SNI and client certificate are those of the options, so that the server
+    presents the same certificate. Nothing but the request for TLS may be sent on it."""
+    context = client_context(user, server_name, verify=False)
+    context.pin = None
+    context.show_peer = False
     return context
 
 
@@ -364,3 +614,69 @@ def describe_handshake_error(err: ssl.SSLError, label: str) -> str:
         return f"Server certificate verification error: {err.verify_message}"
     reason = err.reason or err.strerror or str(err)
     return f"SSL connection to {label} failed: {reason}"
+
+
+# OpenSSL's X509_V_ERR_* codes (SSLCertVerificationError.verify_code) that the advice tells
+# apart: nothing pyfetch trusts vouches for the certificate; its dates; the name on it.
+_UNTRUSTED_ISSUER = frozenset({2, 18, 19, 20, 21})  # ..._ISSUER_CERT, ..._SELF_SIGNED_...
+_SELF_SIGNED = 18  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+_NOT_YET_VALID, _EXPIRED = 9, 10
+_NAME_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, ..._IP_ADDRESS_MISMATCH
+
+
+def trust_advice(
+    err: ssl.SSLCertVerificationError, label: str, expected_name: str, der: bytes | None
+) -> list[str]:
+    """How to make pyfetch accept a certificate that did not verify, in lines that follow the
+    error: the `sslcertfile` with the CA, the `sslcommonname` the certificate carries, and the
+    `sslfingerprint` of this very certificate (`der`; None if it could not be read). Each
+    option is a line of its own, ready to paste into the poll entry."""
+    names = (certificate_names(der) if der is not None else None) or _UNREADABLE
+    subject = names.subject_common_name or (names.dns_names[0] if names.dns_names else None)
+    made_out = f" for {_shown(subject)}" if subject else ""
+    options: list[tuple[str, str]] = []  # (what it is, the option to paste)
+    code = err.verify_code
+    if code in _UNTRUSTED_ISSUER:
+        if code == _SELF_SIGNED:
+            lines = [f"{label} presented a self-signed certificate{made_out}, which pyfetch "
+                     "does not trust."]
+            options.append(("a copy of that certificate (a PEM file)",
+                            "sslcertfile /path/to/its-certificate.pem"))
+        else:
+            issuer = names.issuer_common_name or names.issuer_organization
+            by = f' issued by "{_shown(issuer)}"' if issuer else ""
+            lines = [f"{label} presented a certificate{made_out}{by}, which pyfetch does not "
+                     "trust."]
+            options.append(("the certificate of the CA that issued it (a PEM file)",
+                            "sslcertfile /path/to/ca.pem"))
+    elif code in _NAME_MISMATCH:
+        carried = names.dns_names or ((subject,) if subject else ())
+        if carried:
+            shown = ", ".join(_shown(name) for name in carried[:5])
+            lines = [f"The certificate of {label} is made out to {shown}, not to "
+                     f"{expected_name}."]
+            options.append(("the name it carries, if this is the right server",
+                            f"sslcommonname {_shown(carried[0])}"))
+        else:
+            lines = [f"The certificate of {label} is not made out to {expected_name}."]
+    elif code in (_NOT_YET_VALID, _EXPIRED):
+        when = "has expired" if code == _EXPIRED else "is not valid yet"
+        lines = [f"The certificate of {label} {when}: whoever runs {label} must renew it "
+                 "(or this computer's clock is wrong)."]
+    else:
+        lines = []
+    if der is not None:
+        options.append((f"this very certificate, once whoever runs {label} has confirmed its "
+                        "SHA-256 fingerprint", f'sslfingerprint "{fingerprint(der)}"'))
+    accept = "To trust it" if code in _UNTRUSTED_ISSUER else "To accept it all the same"
+    for number, (what, option) in enumerate(options):
+        if number == 0:
+            either = "either " if len(options) > 1 else ""
+            lines.append(f"{accept}, add to the poll entry of {label} {either}{what}:")
+        else:
+            lines.append(f"or {what}:")
+        lines.append(f"  {option}")
+    if der is None:
+        lines.append(f"(pyfetch could not read the certificate of {label} again to show the "
+                     "sslfingerprint that would accept it.)")
+    return lines

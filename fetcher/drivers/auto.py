@@ -13,7 +13,7 @@ from typing import BinaryIO
 from fetcher.drivers.base import MailboxDriver, MessageInfo
 from fetcher.drivers.imap import ImapDriver
 from fetcher.drivers.pop3 import Pop3Driver
-from fetcher.errors import ProtocolError, ServerConnectionError, TLSError
+from fetcher.errors import DNSError, ProtocolError, ServerConnectionError, TLSError
 from fetcher.model import ServerOptions, UserOptions
 
 
@@ -49,8 +49,10 @@ class AutoDriver:
         try:
             self._imap.connect()
             return
-        except TLSError:
-            raise  # a TLS failure says nothing about the protocol: stop, as fetchmail does
+        except (TLSError, DNSError):
+            # A TLS failure says nothing about the protocol: stop, as fetchmail does. Nor does a
+            # name that does not resolve, which fetchmail finds before choosing a protocol.
+            raise
         except (ProtocolError, ServerConnectionError):
             self._imap.close()
         self._chosen = self._pop3

@@ -3,13 +3,41 @@ and the TLS mode and context (built only by fetcher.tls)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
+import time
 from typing import ClassVar, Literal
 
-from fetcher import tls
+from fetcher import tls, trace
 from fetcher.config import DEFAULT_TIMEOUT, service_port
-from fetcher.errors import ConfigError, ServerConnectionError, ServerTimeoutError, TLSError
+from fetcher.errors import (
+    ConfigError,
+    DNSError,
+    PyfetchError,
+    ServerConnectionError,
+    ServerTimeoutError,
+    TLSError,
+)
 from fetcher.model import ServerOptions, UserOptions
+
+MAX_TLS_REQUEST_LINE = 8192  # longest line read while asking for TLS only to read a certificate
+
+
+def read_line(sock: socket.socket, deadline: float) -> bytes:
+    """One line from `sock`, read an octet at a time so that nothing after it is taken from
+    the socket (the TLS handshake comes next), by `deadline` (time.monotonic()) or
+    TimeoutError. At most MAX_TLS_REQUEST_LINE octets; b"" if the server closed."""
+    line = bytearray()
+    while len(line) < MAX_TLS_REQUEST_LINE and not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no complete line in time")
+        sock.settimeout(remaining)
+        octet = sock.recv(1)
+        if not octet:
+            break
+        line += octet
+    return bytes(line)
 
 
 class Endpoint:
@@ -55,8 +83,58 @@ class Endpoint:
 
     def _tls_context(self) -> tls.ClientContext:
         if self._context is None:
-            self._context = tls.client_context(self.user, self.host)
+            self._context = tls.client_context(self.user, self.host, label=self.label)
         return self._context
+
+    def _unresolved(self, err: socket.gaierror, port: int) -> ServerConnectionError:
+        """The server's name does not resolve: fetchmail 6.4.37's words and exit 11 (it looks the
+        name up before connecting), or with `no dns` a failed connect (exit 2), as fetchmail."""
+        reason = err.strerror or str(err)
+        if self.server.dns:
+            return DNSError(
+                f"couldn't find canonical DNS name of {self.label} ({self.host}): {reason}"
+            )
+        return ServerConnectionError(f"connection to {self.host}:{port} failed: {reason}")
+
+    def _tls_failure(self, message: str, err: BaseException, port: int) -> TLSError:
+        """A TLSError for a handshake that failed with `err`. When the certificate did not
+        verify, the message goes on with how to trust it (tls.trust_advice), for which the
+        certificate is read on a connection of its own; with -v its details are shown as
+        after a handshake, as fetchmail shows them before it says why it refused."""
+        if not isinstance(err, ssl.SSLCertVerificationError):
+            return TLSError(message)
+        der = self._read_certificate(port)
+        if der is not None and trace.enabled():
+            for line in tls.certificate_lines(der, self.label):
+                trace.note(line)
+        advice = tls.trust_advice(err, self.label, self._tls_context().expected_name, der)
+        # Each line its own, prefixed as the run's report prefixes the lines it adds.
+        return TLSError("\npyfetch: ".join([message, *advice]))
+
+    def _read_certificate(self, port: int) -> bytes | None:
+        """The certificate the server presents, read on a new connection after a checked
+        handshake failed on it, only to show how to trust it: nothing is checked on it and
+        nothing is sent but the protocol's request for TLS, no credential; it is closed at
+        once. None if that does not work out. The whole exchange is bounded by the timeout."""
+        trace.note(f"{self.label}: connecting again only to read the certificate it presents")
+        deadline = time.monotonic() + self.timeout
+        try:
+            context = tls.certificate_reader(self.user, self.host)
+            with socket.create_connection((self.host, port), timeout=self.timeout) as sock:
+                if self.tls_mode is not tls.TlsMode.IMPLICIT and not self._ask_for_tls(
+                    sock, deadline
+                ):
+                    return None
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                with context.wrap_socket(sock) as tls_sock:
+                    return tls_sock.getpeercert(binary_form=True)
+        except (OSError, ValueError, PyfetchError):  # ssl.SSLError and timeouts included
+            return None
+
+    def _ask_for_tls(self, sock: socket.socket, deadline: float) -> bool:
+        """Read the greeting and ask for TLS (STLS, STARTTLS) on a connection made only to
+        read the certificate; whether the server agreed. Each driver's."""
+        raise NotImplementedError
 
     def _open(self, port: int, context: ssl.SSLContext | None) -> None:
         """Connect and read the greeting (TLS first when `context` is given); each driver's."""
@@ -79,7 +157,13 @@ class Endpoint:
                 tls.warn_unverified(err.__cause__, self.label)
                 return
         else:
-            self._open(port, self._tls_context())
+            try:
+                self._open(port, self._tls_context())
+            except TLSError as err:
+                cause = err.__cause__
+                if not isinstance(cause, ssl.SSLCertVerificationError):
+                    raise
+                raise self._tls_failure(err.message, cause, port) from cause
         self.tls_active = True
 
     def _checking_context(self) -> tls.ClientContext | None:
@@ -90,7 +174,9 @@ class Endpoint:
             return None
         if self._verifying is None:
             self._tls_context()  # the configured one first: its warnings are said once, by it
-            self._verifying = tls.client_context(self.user, self.host, verify=True)
+            self._verifying = tls.client_context(
+                self.user, self.host, verify=True, label=self.label
+            )
         return self._verifying
 
     def _timeout_error(

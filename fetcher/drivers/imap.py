@@ -37,7 +37,7 @@ from imapclient.response_parser import gen_parsed_response  # type: ignore[impor
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
-from fetcher.drivers.endpoint import Endpoint
+from fetcher.drivers.endpoint import Endpoint, read_line
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
     oauth_error_status,
@@ -118,7 +118,16 @@ class _TracedIMAP4(imaplib.IMAP4):
         self.trace_secrets: list[str] = []
         self._pending = b""
         self.max_literal = MAX_LITERAL
+        # A -v line to say once TLS is up, before the CAPABILITY imaplib sends at once after
+        # STARTTLS's handshake: fetchmail says the upgrade worked first.
+        self.after_starttls: str | None = None
         super().__init__(host, port, timeout)
+
+    def capability(self) -> tuple[str, list[Any]]:
+        if self.after_starttls is not None and isinstance(self.sock, ssl.SSLSocket):
+            trace.note(self.after_starttls)
+            self.after_starttls = None
+        return super().capability()
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout)
@@ -641,6 +650,8 @@ class ImapDriver(Endpoint):
             raise ProtocolError(
                 f"{self.label}: the server refused the connection: {self._shown(_text(err))}"
             ) from err
+        except socket.gaierror as err:
+            raise self._unresolved(err, port) from err
         except OSError as err:
             reason = err.strerror or str(err)
             raise ServerConnectionError(
@@ -702,6 +713,10 @@ class ImapDriver(Endpoint):
         checking = None if unverified is not None else self._checking_context()
         context = checking or self._tls_context()
         conn = self._require_connection()
+        succeeded = f"{self.label}: upgrade to TLS succeeded."
+        imap = conn._imap
+        if isinstance(imap, _TracedIMAP4):
+            imap.after_starttls = succeeded
         try:
             conn.starttls(context)
         except TLSError as err:
@@ -728,15 +743,33 @@ class ImapDriver(Endpoint):
                     reason = err.strerror or str(err)
                 else:
                     reason = self._shown(_text(err))
-                raise TLSError(f"{self.label}: upgrade to TLS failed: {reason}") from err
+                message = f"{self.label}: upgrade to TLS failed: {reason}"
+                raise self._tls_failure(message, err, port) from err
             # Opportunistic: fetchmail repolls with STARTTLS off; so do we, once, in this call.
             self._open(port, None)
             return
         self.tls_active = True
         if unverified is not None:
             tls.warn_unverified(unverified, self.label)  # before any credential goes out
+        if not isinstance(imap, _TracedIMAP4) or imap.after_starttls is not None:
+            trace.note(succeeded)  # not said yet: no CAPABILITY went out after the handshake
+        if isinstance(imap, _TracedIMAP4):
+            imap.after_starttls = None
         # RFC 3501 6.2.1: forget what was said in plaintext; imaplib asked CAPABILITY again.
         self._read_capabilities()
+
+    def _ask_for_tls(self, sock: socket.socket, deadline: float) -> bool:
+        # PREAUTH or BYE: no STARTTLS to be had (the session proper refuses PREAUTH anyway).
+        if not read_line(sock, deadline).upper().startswith(b"* OK"):
+            return False
+        sock.sendall(b"A0001 STARTTLS\r\n")
+        for _ in range(100):  # untagged lines first, if the server has anything to say
+            line = read_line(sock, deadline)
+            if not line:
+                return False
+            if line.startswith(b"A0001 "):
+                return line[6:].upper().startswith(b"OK")
+        return False
 
     # -- authentication --------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import BinaryIO, Literal, Protocol, cast
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
-from fetcher.drivers.endpoint import Endpoint
+from fetcher.drivers.endpoint import Endpoint, read_line
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
     Secrets,
@@ -320,6 +320,8 @@ class Pop3Driver(Endpoint):
             raise TLSError(f"{self.label}: {reason}") from err
         except poplib.error_proto as err:
             raise self._greeting_error(err, port) from err
+        except socket.gaierror as err:
+            raise self._unresolved(err, port) from err
         except OSError as err:
             reason = err.strerror or str(err)
             raise ServerConnectionError(
@@ -398,7 +400,8 @@ class Pop3Driver(Endpoint):
                     if isinstance(err, ssl.SSLError)
                     else (err.strerror or str(err))
                 )
-                raise TLSError(f"{self.label}: upgrade to TLS failed: {reason}") from err
+                message = f"{self.label}: upgrade to TLS failed: {reason}"
+                raise self._tls_failure(message, err, port) from err
             # Opportunistic: the failed handshake left the connection unusable. fetchmail then
             # repolls with STARTTLS off; so do we, once, in this call.
             self._open(port, None)
@@ -412,8 +415,15 @@ class Pop3Driver(Endpoint):
         self.tls_active = True
         if unverified is not None:
             tls.warn_unverified(unverified, self.label)  # before any credential goes out
+        trace.note(f"{self.label}: upgrade to TLS succeeded.")
         # RFC 2595: forget what was said in plaintext, an attacker may have edited it.
         self._probe_capabilities()
+
+    def _ask_for_tls(self, sock: socket.socket, deadline: float) -> bool:
+        if not read_line(sock, deadline).startswith(b"+OK"):
+            return False
+        sock.sendall(b"STLS\r\n")
+        return read_line(sock, deadline).startswith(b"+OK")
 
     @staticmethod
     def _plaintext_pending(conn: poplib.POP3) -> bool:

@@ -178,6 +178,11 @@ class _Wire:
                     )
         except TimeoutError:
             raise _Unreachable(f"timeout after {timeout:g} seconds") from None
+        except socket.gaierror as exc:
+            # A name that does not resolve: its number is getaddrinfo's (EAI_*), which
+            # os.strerror() calls "Unknown error -2"; its text is getaddrinfo's own. Still exit
+            # 10, not 11: fetchmail 6.4.37 reports an unknown smtphost as a failed SMTP connect.
+            raise _Unreachable(exc.strerror or str(exc)) from None
         except OSError as exc:
             # asyncio's text ("Connect call failed (...)") hides the reason; the errno has it
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
