@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from fetcher import lock, rcfile, tomlconfig, trace
+from fetcher import lock, logsetup, rcfile, tomlconfig, trace
 from fetcher.config import Config, Environment, Overrides, build
 from fetcher.configdump import configdump_json
 from fetcher.credentials import resolve_passwords
@@ -58,7 +58,13 @@ def _load_config(cmd: CommandLine, env: Environment) -> Config:
         check_only=cmd.check,
         nodetach=cmd.nodetach,
         dumping=cmd.configdump,
+        silent=cmd.silent and not cmd.verbose,
     )
+
+
+def _outputs(cmd: CommandLine, config: Config) -> logsetup.Outputs:
+    detached = config.globals.poll_interval > 0 and not cmd.nodetach
+    return logsetup.plan(config.globals, detached=detached)
 
 
 def run(cmd: CommandLine) -> ExitCode:
@@ -66,7 +72,7 @@ def run(cmd: CommandLine) -> ExitCode:
     if cmd.version:
         with paused_gc():
             config = _load_config(cmd, env)
-        write_version(config, cmd.verbose)
+        write_version(config, cmd.verbose, _outputs(cmd, config))
         return ExitCode.SUCCESS
     if cmd.quit:
         return _quit(cmd, env)
@@ -91,15 +97,28 @@ def run(cmd: CommandLine) -> ExitCode:
     with claimed:
         resolve_passwords(config, env.netrc_path)
         os.umask(0o077)  # fetchmail's: what a run creates (idfile, spool, BSMTP) is private
-        if interval and not cmd.nodetach:
-            detach(claimed, interval, config.globals.logfile)
-        reporter = Reporter(verbose=cmd.verbose, silent=cmd.silent, daemon=interval > 0)
-        trace.setup(cmd.verbose, reporter.console)
-        return Run(
-            config, reporter, check_only=cmd.check,
-            parallel=cmd.parallel or DEFAULT_PARALLEL,
-            reload=functools.partial(_reload, cmd, env),
-        ).execute()
+        outputs = _outputs(cmd, config)
+        if outputs.detached:
+            for warning in outputs.warnings_before_detaching():
+                sys.stderr.write(f"{warning}\n")
+            detach(claimed, interval, outputs.logfile)
+        console = logsetup.open_console(outputs)
+        reporter = Reporter(
+            verbose=cmd.verbose, silent=cmd.silent, daemon=interval > 0, console=console
+        )
+        trace.setup(cmd.verbose, console)
+        try:
+            return Run(
+                config, reporter, check_only=cmd.check,
+                parallel=cmd.parallel or DEFAULT_PARALLEL,
+                reload=functools.partial(_reload, cmd, env),
+            ).execute()
+        except Exception as err:  # what ends the run is said where its other lines went
+            text, code = _failure(err)
+            console.write("err", f"{text}\n")
+            return code
+        finally:
+            console.close()
 
 
 def _check_pollable(config: Config) -> None:
@@ -161,6 +180,11 @@ def _reload(cmd: CommandLine, env: Environment, previous: Config) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.getuid() == 0:
+        # fetchmail's (6.4.37: every run as root, -V, --configdump, --help and -q included,
+        # on the terminal before anything else, never into the logfile or syslog): a program
+        # that parses what mail servers send needs no root privileges.
+        sys.stderr.write(logsetup.ROOT_WARNING)
     try:
         cmd = parse_args(args)
         if cmd.help:
@@ -169,23 +193,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(cmd)
     except UsageError as err:
         return err.emit(sys.stdout, sys.stderr)
-    except RcSyntaxError as err:
-        # fetchmail's form: `fetchmail:FILE:LINE: MESSAGE at TOKEN`
-        sys.stderr.write(f"{PROG}:{err.message}\n")
-        return err.exit_code
-    except PermissionsError as err:
-        sys.stderr.write(f"{err.message}\n")  # fetchmail prints these without a prefix
-        return err.exit_code
-    except PyfetchError as err:
-        _report(err.message)
-        return err.exit_code
     except KeyboardInterrupt:
         return ExitCode.UNDEFINED
-    except Exception as err:  # a bug in pyfetch: say where, with fetchmail's "internal" code
-        # The exception's own text is left out: it could quote a password.
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
-        _report(f"internal error ({type(err).__name__} at {where}); please report it.")
-        if os.environ.get("PYFETCH_DEBUG"):
-            traceback.print_exception(err)
-        return ExitCode.UNDEFINED
+    except Exception as err:
+        text, code = _failure(err)
+        sys.stderr.write(f"{text}\n")
+        return code
+
+
+def _failure(err: Exception) -> tuple[str, ExitCode]:
+    """The line that says what ended the run, in fetchmail's form, and the exit code."""
+    if isinstance(err, RcSyntaxError):
+        # fetchmail's form: `fetchmail:FILE:LINE: MESSAGE at TOKEN`
+        return f"{PROG}:{err.message}", err.exit_code
+    if isinstance(err, PermissionsError):
+        return err.message, err.exit_code  # fetchmail prints these without a prefix
+    if isinstance(err, PyfetchError):
+        return f"{PROG}: {err.message}", err.exit_code
+    # A bug in pyfetch: say where, with fetchmail's "internal" code. The exception's own text
+    # is left out: it could quote a password.
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    if os.environ.get("PYFETCH_DEBUG"):
+        traceback.print_exception(err)
+    return f"{PROG}: internal error ({type(err).__name__} at {where}); please report it.", (
+        ExitCode.UNDEFINED
+    )

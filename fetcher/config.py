@@ -22,7 +22,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
-from fetcher.errors import ConfigError, LocalError
+from fetcher.errors import ConfigError, LocalError, PermissionsError
 from fetcher.exitcodes import ExitCode
 from fetcher.model import Config, GlobalOptions, LocalName, ServerOptions, UserOptions
 
@@ -196,8 +196,10 @@ def build(
     check_only: bool = False,
     nodetach: bool = False,
     dumping: bool = False,
+    silent: bool = False,
 ) -> Config:
-    """Apply defaults, the `defaults` entry and the command line; select the entries to poll."""
+    """Apply defaults, the `defaults` entry and the command line; select the entries to poll.
+    `silent` (-s) leaves out the warnings fetchmail leaves out with it."""
     overrides = overrides or Overrides.none()
     rcpath = rc.path if rc else None
     entries = list(rc.entries) if rc else []
@@ -225,7 +227,7 @@ def build(
 
     warnings: list[str] = []
     global_options = _build_globals(
-        rc.globals if rc else {}, overrides, env, rcpath, check_only, nodetach, warnings
+        rc.globals if rc else {}, overrides, env, rcpath, check_only, nodetach, silent, warnings
     )
 
     built: list[ServerOptions] = []
@@ -277,21 +279,17 @@ def _build_globals(
     rcpath: str | None,
     check_only: bool,
     nodetach: bool,
+    silent: bool,
     warnings: list[str],
 ) -> GlobalOptions:
     values: Options = dict(rc_globals)
     resolve_paths(values, rcpath)
     values.update({k: _copy(v) for k, v in overrides.globals.items()})
     options = GlobalOptions(**values)  # type: ignore[arg-type]
-    if options.logfile is not None and not os.path.exists(options.logfile):
-        # fetchmail appends to an existing logfile only, so that a typo cannot create files
-        warnings.append(f'Logfile "{options.logfile}" does not exist, ignoring logfile option.')
-        options.logfile = None
-    if options.logfile is not None and nodetach:
-        warnings.append("The nodetach option is in effect, ignoring logfile option.")
-        options.logfile = None
     if options.logfile is not None:
-        options.syslog = False  # a logfile replaces syslog
+        options.logfile = _usable_logfile(options.logfile, nodetach, [] if silent else warnings)
+    if options.logfile is not None:
+        options.syslog = False  # a logfile replaces syslog (and --configdump says so)
     options.poll_interval = max(options.poll_interval, 0)
     if options.idfile is None:
         options.idfile = env.default_idfile
@@ -302,6 +300,23 @@ def _build_globals(
     if check_only:
         options.poll_interval = 0  # -c and daemon mode don't mix
     return options
+
+
+def _usable_logfile(path: str, nodetach: bool, warnings: list[str]) -> str | None:
+    """The logfile the run will append to, after fetchmail 6.4.37's checks in its order (and
+    before -V and --configdump, as there): -N keeps the run's lines on stdout and stderr for
+    whatever started it (a unit file); only an existing file is appended to, so that a typo
+    cannot create files; one that cannot be written ends the run."""
+    if nodetach:
+        warnings.append("The nodetach option is in effect, ignoring logfile option.")
+        return None
+    if not os.path.exists(path):
+        warnings.append(f'Logfile "{path}" does not exist, ignoring logfile option.')
+        return None
+    if not os.access(path, os.W_OK):
+        # fetchmail's words, without its name, and its exit code
+        raise PermissionsError(f'Logfile "{path}" is not writable, aborting.', ExitCode.UNDEFINED)
+    return path
 
 
 def _apply_wired_defaults(record: Options, env: Environment) -> None:

@@ -9,6 +9,10 @@ whatever order they actually finish in.
 Lines written outside any group (start-up, daemon and IDLE-watch messages) go out at once.
 Which group a line belongs to is a context variable, so it follows a poll onto the worker
 thread of its connection (fetcher.worker copies the context), where the -v trace is written.
+
+Going out means going to the console's sinks: the terminal (stdout and stderr) by default, or
+the logfile or syslog (fetcher.logsetup decides which). Every line the run writes (the
+reporter's, errors, the -v trace, warnings) passes through here, so none bypasses them.
 """
 
 from __future__ import annotations
@@ -17,10 +21,36 @@ import contextlib
 import contextvars
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Literal, TextIO
+from collections.abc import Iterator, Sequence
+from typing import Literal, Protocol, TextIO
 
-Stream = Literal["out", "err"]
+Stream = Literal["out", "err"]  # progress (stdout, syslog's LOG_INFO), errors (stderr, LOG_ERR)
+
+
+class Sink(Protocol):
+    """Somewhere lines go."""
+
+    def emit(self, stream: Stream, text: str) -> None:
+        """Write `text` (whole lines, newline included)."""
+
+    def close(self) -> None:
+        """Release what the sink holds (a file, a socket)."""
+
+
+class Terminal:
+    """Progress lines to stdout, errors to stderr."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out = out
+        self.err = err
+
+    def emit(self, stream: Stream, text: str) -> None:
+        target = self.out if stream == "out" else self.err
+        target.write(text)
+        target.flush()
+
+    def close(self) -> None:
+        pass  # the streams belong to the process
 
 
 class _Group:
@@ -35,14 +65,25 @@ _current: contextvars.ContextVar[_Group | None] = contextvars.ContextVar(
 
 
 class Console:
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self.out = out if out is not None else sys.stdout
-        self.err = err if err is not None else sys.stderr
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        *,
+        sinks: Sequence[Sink] | None = None,
+    ) -> None:
+        """The terminal's `out` and `err` (sys.stdout and sys.stderr if not given), or
+        `sinks` instead."""
+        if sinks is None:
+            sinks = [Terminal(out if out is not None else sys.stdout,
+                              err if err is not None else sys.stderr)]
+        self.sinks = list(sinks)
         self._lock = threading.Lock()  # lines come from the loop and from worker threads
         self._open: list[_Group] = []  # in the order they were opened; the first is live
 
     def write(self, stream: Stream, text: str) -> None:
-        """Write `text` (whole lines, newline included) to stdout or stderr."""
+        """Write `text` (whole lines, newline included): progress ("out") or an error ("err").
+        """
         group = _current.get()
         with self._lock:
             if group is not None and not group.closed and self._open and group is not self._open[0]:
@@ -78,6 +119,17 @@ class Console:
             self._open.pop(0)
 
     def _emit(self, stream: Stream, text: str) -> None:
-        target = self.out if stream == "out" else self.err
-        target.write(text)
-        target.flush()
+        for sink in self.sinks:
+            sink.emit(stream, text)
+
+    def close(self) -> None:
+        """The run is over: what is still held goes out, then the sinks are closed. A line that
+        comes later still (a worker thread of a poll given up on) goes to the process's own
+        stdout and stderr, never to a closed file or socket."""
+        with self._lock:
+            for group in self._open:
+                group.closed = True
+            self._release()
+            for sink in self.sinks:
+                sink.close()
+            self.sinks = [Terminal(sys.stdout, sys.stderr)]

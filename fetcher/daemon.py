@@ -1,11 +1,15 @@
 """Going into the background for `-d N` without `-N`, as fetchmail does, minus its race.
 
 The parent forks; the child leaves the terminal's session (setsid), moves to `/`, points its
-standard input at /dev/null and its output at the logfile (or /dev/null), and takes over the
-pidfile lock the parent took before forking. Only then does the parent exit 0: when
-`pyfetch -d 300` returns, the daemon is running and its pidfile names it, so an `ip-up` hook
-or a unit file can wake or stop it at once. A lock that cannot be had is refused in the
+standard input at /dev/null and its standard output and error at the logfile (or /dev/null),
+and takes over the pidfile lock the parent took before forking. Only then does the parent exit
+0: when `pyfetch -d 300` returns, the daemon is running and its pidfile names it, so an `ip-up`
+hook or a unit file can wake or stop it at once. A lock that cannot be had is refused in the
 foreground, where the user sees the message, not in a child nobody watches.
+
+The run's own lines do not depend on the redirection: they go through the console to the
+logfile or syslog (fetcher.logsetup). It catches what else is written, such as an MDA's
+complaints, as fetchmail's does.
 
 It runs before any thread or event loop exists: fork() keeps only the calling thread.
 """

@@ -13,6 +13,7 @@ import sys
 
 from fetcher import FETCHMAIL_COMPAT, __version__
 from fetcher.credentials import needs_password
+from fetcher.logsetup import Outputs
 from fetcher.model import Config, ServerOptions, UserOptions
 from fetcher.rcfile.parser import KPOP_SERVICE
 
@@ -60,7 +61,12 @@ def version_banner() -> str:
     )
 
 
-def describe(config: Config, verbose: int = 0, command_line_only: bool = False) -> str:
+def describe(
+    config: Config, verbose: int = 0, command_line_only: bool = False,
+    outputs: Outputs | None = None,
+) -> str:
+    """fetchmail's dump_params(); with `outputs`, also where a run's lines would go beyond
+    what fetchmail says (see fetcher.logsetup)."""
     lines: list[str] = []
     source = config.rcfile if config.rcfile is not None else None
     if source is None or command_line_only:
@@ -77,10 +83,14 @@ def describe(config: Config, verbose: int = 0, command_line_only: bool = False) 
     lines.append(f"Idfile is {g.idfile}")
     if g.syslog:
         lines.append("Progress messages will be logged via syslog")
+    if outputs is not None:
+        lines.extend(outputs.describe())
     if g.invisible:
         lines.append("pyfetch will masquerade and will not generate Received")
     if g.showdots:
-        lines.append("pyfetch will show progress dots even in logfiles.")
+        # fetchmail's line would promise what pyfetch does not do: it writes no progress dots,
+        # on a terminal or in a logfile
+        lines.append("pyfetch shows no progress dots: showdots has no effect.")
     if g.postmaster:
         lines.append(f"pyfetch will forward misaddressed multidrop messages to {g.postmaster}.")
     if not g.bouncemail:
@@ -350,9 +360,11 @@ def _describe_local_names(server: ServerOptions, user: UserOptions, verbose: int
     return out
 
 
-def write_version(config: Config | None, verbose: int = 0) -> None:
+def write_version(
+    config: Config | None, verbose: int = 0, outputs: Outputs | None = None
+) -> None:
     sys.stdout.write(version_banner())
     if config is not None:
         for warning in config.warnings:
             sys.stderr.write(f"{warning}\n")
-        sys.stdout.write(describe(config, verbose))
+        sys.stdout.write(describe(config, verbose, outputs=outputs))

@@ -16,9 +16,11 @@ _log = logging.getLogger(TRACE_LOGGER)
 
 
 def setup(verbose: int, console: Console) -> None:
-    """Where trace lines go, through the run's console (so that a poll's lines stay together):
-    -v shows the dialogue on stdout, prefixed as fetchmail prefixes it; warnings (a listener
-    that did not answer, an unverified certificate) reach stderr with or without -v."""
+    """Where trace lines go, through the run's console (so that a poll's lines stay together,
+    and reach the logfile or syslog when the run writes there): -v shows the dialogue as
+    progress lines (stdout, LOG_INFO), prefixed as fetchmail prefixes it; warnings (a listener
+    that did not answer, an unverified certificate) are errors (stderr, LOG_ERR), with or
+    without -v."""
     _log.handlers.clear()
     _log.propagate = False
     _log.addHandler(_ConsoleHandler(console))

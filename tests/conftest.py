@@ -17,6 +17,8 @@ from reference import fetchmail_available  # noqa: E402
 pytest_plugins = ["servers.fixtures"]  # real Dovecot, SMTP/LMTP and Postfix servers
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# What every pyfetch run as root prints first on stderr, as fetchmail does ("" for others).
+ROOT_WARNING = "pyfetch: WARNING: Running as root is discouraged.\n" if os.getuid() == 0 else ""
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from conftest import ROOT_WARNING as PYFETCH_ROOT_WARNING
 from fakes.pop3 import SILENT_GREETING, FakePop3Server
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
@@ -99,7 +100,12 @@ def fake(
 
 
 def pyfetch(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return program(home, [sys.executable, "-m", "fetcher"], *args)
+    """pyfetch's stderr without its first line as root, the root warning (checked here)."""
+    result = program(home, [sys.executable, "-m", "fetcher"], *args)
+    warning = PYFETCH_ROOT_WARNING
+    assert result.stderr.startswith(warning), result.stderr
+    result.stderr = result.stderr.removeprefix(warning)
+    return result
 
 
 def fetchmail(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

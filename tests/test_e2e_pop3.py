@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, ROOT_WARNING
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
 from servers.postfix import Postfix, strip_added_headers
@@ -420,7 +420,7 @@ def test_silent_prints_nothing(
     dovecot.seed("bob", MESSAGES[:1])
     rcfile(home, dovecot, test_ca, smtpd)
     result = pyfetch(home, "-s")
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ROOT_WARNING)
     assert len(smtpd.transactions) == 1
 
 
