@@ -5,12 +5,17 @@ Starts a private Dovecot (the provider's POP3 server) and a private Postfix (you
 on free loopback ports, puts three messages in bob's mailbox, points sample.fetchmailrc at
 them, and runs `pyfetch -v -a -d0`: every message goes over STLS to Postfix, then is
 deleted on the server. Prints what arrived in bob's local Maildir. Needs root (the servers
-drop privileges) and the packages scripts/install-packages installs.
+drop privileges) and the packages scripts/install-packages installs; the private servers come
+from the source tree's tests/servers.
+
+The program run is the installed `pyfetch` command: the one beside this Python (a venv's
+bin/), else $PYFETCH or the one on PATH, else `python -m fetcher` from this source tree.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +36,16 @@ MESSAGES = [
     b"From: Dave <dave@example.org>\r\nTo: bob@mail.isp.net\r\nSubject: Caf\xc3\xa9\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\n\r\nOn se voit au caf\xc3\xa9.\r\n",
 ]
+
+
+def pyfetch_command() -> list[str]:
+    beside = Path(sys.executable).parent / "pyfetch"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which(os.environ.get("PYFETCH", "pyfetch"))
+    if found:
+        return [found]
+    return [sys.executable, "-m", "fetcher"]
 
 
 def main() -> int:
@@ -57,9 +72,12 @@ def main() -> int:
             print(f"$ pyfetch -v -a -d0     (sample.fetchmailrc, POP3 on port "
                   f"{dovecot.ports['pop3']}, Postfix on port {port})\n", flush=True)
             env = {**os.environ, "HOME": str(home)}
+            command = pyfetch_command()
+            if command[0] == sys.executable:  # from the source tree, not installed
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
+                                                                  env.get("PYTHONPATH")]))
             status = subprocess.run(
-                [sys.executable, "-m", "fetcher", "-v", "-a", "-d0"], env=env, cwd=home,
-                check=False,
+                [*command, "-v", "-a", "-d0"], env=env, cwd=home, check=False,
             ).returncode
             print(f"\nexit status {status}; left on the server: "
                   f"{len(dovecot.messages('bob'))} messages\n")
