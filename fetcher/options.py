@@ -11,6 +11,12 @@ fetchmail reads its options with glibc's getopt_long, and scripts lean on its qu
 (abbreviated long options, permuted arguments, `-d0`, `-vak`), so this module re-implements
 that getopt rather than using argparse, whose abbreviation, error and exit rules differ.
 
+Each option is declared once, as an `OptionSpec` in `OPTIONS`: its names, its argument, its
+`--help` line, its description in pyfetch(1) and what it does. The getopt tables, `HELP_TEXT`
+and the man page's OPTIONS section (fetcher.manpage) are all made from those specs; only the
+order of fetchmail's long-option table, which decides glibc's ambiguity messages, is a list of
+its own (`_GETOPT_ORDER`).
+
 Every behaviour noted in a comment below was checked against fetchmail 6.4.37 by comparing
 `fetchmail -f rc --configdump` with and without the option.
 """
@@ -19,8 +25,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Literal, TextIO
 
 from fetcher.config import DEFAULT_TIMEOUT  # fetchmail's CLIENT_TIMEOUT: what -t 0 selects
@@ -109,102 +115,930 @@ class UsageError(ConfigError):
         return int(self.exit_code)
 
 
-# --------------------------------------------------------------------------- help text
+# --------------------------------------------------------------------------- what options do
 
-_HELP_ROWS: tuple[tuple[str, str], ...] = (
-    ("-?, --help", "display this option help"),
-    ("-V, --version", "display version info"),
-    ("-c, --check", "check for messages without fetching"),
-    ("-s, --silent", "work silently"),
-    ("-v, --verbose", "work noisily (diagnostic output)"),
-    ("-d, --daemon", "run as a daemon once per n seconds"),
-    ("-N, --nodetach", "don't detach daemon process"),
-    ("-q, --quit", "kill daemon process"),
-    ("-L, --logfile", "specify logfile name"),
-    ("    --syslog", "use syslog(3) for most messages when running as a daemon"),
-    ("    --nosyslog", "turns off use of syslog(3)"),
-    ("    --invisible", "don't write Received & enable host spoofing"),
-    ("-f, --fetchmailrc", "specify alternate run control file"),
-    ("-i, --idfile", "specify alternate UIDs file"),
-    ("    --pidfile", "specify alternate PID (lock) file"),
-    ("    --postmaster", "specify recipient of last resort"),
-    ("    --nobounce", "redirect bounces from user to postmaster."),
-    ("    --nosoftbounce", "delete permanently undeliverable messages."),
-    ("    --softbounce", "keep permanently undeliverable messages on server (default)."),
-    ("-I, --interface", "interface required specification"),
-    ("-M, --monitor", "monitor interface for activity"),
-    ("    --ssl", "enable ssl encrypted session"),
-    ("    --sslkey", "ssl private key file"),
-    ("    --sslcert", "ssl client certificate"),
-    ("    --sslcertck", "do strict server certificate check (recommended)"),
-    ("    --nosslcertck", "skip strict server certificate check (insecure)"),
-    ("    --sslcertfile", "path to trusted-CA ssl certificate file"),
-    ("    --sslcertpath", "path to trusted-CA ssl certificate directory"),
-    ("    --sslcommonname", "expect this CommonName from server (discouraged)"),
-    ("    --sslfingerprint", "fingerprint that must match that of the server's cert."),
-    ("    --sslproto", "force ssl protocol (see manual)"),
-    ("    --plugin", "specify external command to open connection"),
-    ("    --plugout", "specify external command to open smtp connection"),
-    ("    --bad-header {reject|accept}", ""),
-    ("", "specify policy for handling messages with bad headers"),
-    ("-p, --proto[col]", "specify retrieval protocol (see man page)"),
-    ("-U, --uidl", "force the use of UIDLs (pop3 only)"),
-    ("    --idle", "tells the IMAP server to send notice of new messages"),
-    ("    --port", "TCP port to connect to (obsolete, use --service)"),
-    ("-P, --service", "TCP service to connect to (can be numeric TCP port)"),
-    ("    --auth", "authentication type (see manual)"),
-    ("-t, --timeout", "server nonresponse timeout"),
-    ("-E, --envelope", "envelope address header"),
-    ("-Q, --qvirtual", "prefix to remove from local user id"),
-    ("    --principal", "mail service principal"),
-    ("    --tracepolls", "add poll-tracing information to Received header"),
-    ("-u, --user[name]", "specify users's login on server"),
-    ("-a, --[fetch]all", "retrieve old and new messages"),
-    ("-K, --nokeep", "delete new messages after retrieval"),
-    ("-k, --keep", "save new messages after retrieval"),
-    ("-F, --flush", "delete old messages from server"),
-    ("    --limitflush", "delete oversized messages"),
-    ("-n, --norewrite", "don't rewrite header addresses"),
-    ("-l, --limit", "don't fetch messages over given size"),
-    ("-w, --warnings", "interval between warning mail notification"),
-    ("-S, --smtphost", "set SMTP forwarding host"),
-    ("    --fetchdomains", "fetch mail for specified domains"),
-    ("-D, --smtpaddress", "set SMTP delivery domain to use"),
-    ("    --smtpname", "set SMTP full name username@domain"),
-    ("    --passwordeval", "take the password (or OAuth2 token) from a command's output"),
-    ("    --parallel", "poll up to n mailboxes at once (1: one after the other)"),
-    ("-Z, --antispam", "set antispam response values"),
-    ("-b, --batchlimit", "set batch limit for SMTP connections"),
-    ("-B, --fetchlimit", "set fetch limit for server connections"),
-    ("    --fetchsizelimit", "set fetch message size limit"),
-    ("    --fastuidl", "do a binary search for UIDLs"),
-    ("-e, --expunge", "set max deletions between expunges"),
-    ("-m, --mda", "set MDA to use for forwarding"),
-    ("    --bsmtp", "set output BSMTP file"),
-    ("    --lmtp", "use LMTP (RFC2033) for delivery"),
-    ("-r, --folder", "specify remote folder name"),
-    ("    --showdots", "show progress dots even in logfiles"),
-    ("    --configdump", "dump the configuration and exit"),
-    ("    --format", "format for --configdump: json (default) or toml"),
-    ("-y, --yydebug", "trace the run control file parser"),
+_SILENT, _NORMAL, _VERBOSE, _DEBUG = 0, 1, 2, 3
+
+Scope = Literal["global", "server", "user"]
+
+# What an option does with its argument ("" for an option that takes none). Most options only
+# set one override; the small classes below say which, so that OPTIONS reads as data. The few
+# with rules of their own are the functions after them.
+_Handler = Callable[["_Parser", str], None]
+
+
+@dataclass(frozen=True)
+class _Action:
+    """Sets a CommandLine flag: something to do rather than a setting (-c, -V, -q, ...)."""
+
+    field: str
+
+    def __call__(self, parser: _Parser, value: str) -> None:
+        setattr(parser.result, self.field, True)
+
+
+@dataclass(frozen=True)
+class _Sets:
+    """Sets an override to a fixed value (--keep, --nokeep, --ssl, ...)."""
+
+    scope: Scope
+    key: str
+    value: object
+
+    def __call__(self, parser: _Parser, value: str) -> None:
+        parser.overrides(self.scope)[self.key] = self.value
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Sets an override to the argument as given, unchecked (fetchmail checks these later)."""
+
+    scope: Scope
+    key: str
+
+    def __call__(self, parser: _Parser, value: str) -> None:
+        parser.overrides(self.scope)[self.key] = value
+
+
+@dataclass(frozen=True)
+class _Path:
+    """Sets an override to the argument made absolute against the cwd, as fetchmail does."""
+
+    scope: Scope
+    key: str
+
+    def __call__(self, parser: _Parser, value: str) -> None:
+        parser.overrides(self.scope)[self.key] = parser.path(value)
+
+
+@dataclass(frozen=True)
+class _Count:
+    """Sets a numeric override. An explicit 0 overrides a nonzero rcfile value, and so does a
+    negative number, which ends up as 0."""
+
+    scope: Scope
+    key: str
+
+    def __call__(self, parser: _Parser, value: str) -> None:
+        parser.overrides(self.scope)[self.key] = max(_xatoi(value), 0)
+
+
+@dataclass(frozen=True)
+class _Append:
+    """Appends the comma-separated argument to a list (-S, -r, --fetchdomains)."""
+
+    scope: Scope
+    key: str
+
+    def __call__(self, parser: _Parser, value: str) -> None:
+        parser.append(parser.overrides(self.scope), self.key, _strtok(value))
+
+
+def _help(parser: _Parser, value: str) -> None:
+    parser.result.help = True
+    parser.help_flag = True
+
+
+def _silent(parser: _Parser, value: str) -> None:
+    parser.outlevel = _SILENT
+
+
+def _verbose(parser: _Parser, value: str) -> None:
+    # Whichever of -s and -v comes last wins; -v after -s restarts at verbose, so
+    # `-vv -s -v` is plain verbose. -vvv is no more than -vv.
+    parser.outlevel = _DEBUG if parser.outlevel >= _VERBOSE else _VERBOSE
+
+
+def _rcfile(parser: _Parser, value: str) -> None:
+    parser.result.rcfile = value
+
+
+def _dump_format(parser: _Parser, value: str) -> None:
+    fmt = value.lower()
+    if fmt not in DUMP_FORMATS:
+        raise _BadValue(f"Invalid dump format `{value}' specified.")
+    parser.result.dump_format = fmt
+
+
+def _daemon(parser: _Parser, value: str) -> None:
+    number = _xatoi(value)
+    # A negative interval means "not given": the rcfile's `set daemon` stands, and
+    # `-d 5 -d -1` cancels the -d 5. 0 forces a single foreground run.
+    if number >= 0:
+        parser.result.global_overrides["poll_interval"] = number
+    else:
+        parser.result.global_overrides.pop("poll_interval", None)
+
+
+def _protocol(parser: _Parser, value: str) -> None:
+    server = parser.result.server_overrides
+    protocol = _PROTOCOLS.get(value.lower())
+    if protocol is None:
+        raise _BadValue(f"Invalid protocol `{value}' specified.")
+    server["protocol"] = protocol
+    if value.lower() == "kpop":
+        server["service"] = "kpop"
+        server["auth"] = "kerberos_v5"
+    elif value.lower() == "sdps":
+        # Never cleared by a later -p, as in fetchmail.
+        server["sdps"] = True
+
+
+def _auth(parser: _Parser, value: str) -> None:
+    server = parser.result.server_overrides
+    auth = _AUTH_TYPES.get(value)
+    if auth is None and value.lower() == "external":
+        auth = "external"
+    if auth is None:
+        raise _BadValue(f"Invalid authentication `{value}' specified.")
+    if auth == "any":
+        # "any" is fetchmail's 0, which the merge reads as "not given": it does not override
+        # `auth password` from the rcfile, and it cancels an earlier --auth (or the
+        # kerberos_v5 of -p kpop) on the same command line.
+        server.pop("auth", None)
+    else:
+        server["auth"] = auth
+
+
+def _timeout(parser: _Parser, value: str) -> None:
+    number = _xatoi(value)
+    # "-t 0 means the default": 0 (and -1) force 300 over the rcfile's value. Other negatives
+    # end up as 0 in configdump.
+    if number in (0, -1):
+        parser.result.server_overrides["timeout"] = DEFAULT_TIMEOUT
+    else:
+        parser.result.server_overrides["timeout"] = max(number, 0)
+
+
+def _bad_header(parser: _Parser, value: str) -> None:
+    policy = value.lower()
+    if policy not in ("accept", "reject"):
+        raise _BadValue(f"Invalid bad-header policy `{value}' specified.")
+    if policy == "accept":
+        parser.result.server_overrides["badheader"] = True
+    else:
+        # "reject" is fetchmail's 0 = "not given", as for --auth any: it cannot undo
+        # `bad-header accept` from the rcfile.
+        parser.result.server_overrides.pop("badheader", None)
+
+
+def _interface(parser: _Parser, value: str) -> None:
+    _check_interface(value)
+    parser.result.server_overrides["interface"] = value
+
+
+def _parallel(parser: _Parser, value: str) -> None:
+    number = _xatoi(value)
+    if number < 1:
+        raise _BadValue(f"Invalid number of parallel polls `{value}' specified.")
+    parser.result.parallel = number
+
+
+def _antispam(parser: _Parser, value: str) -> None:
+    tokens = _strtok(value) or [""]
+    parser.append(parser.result.user_overrides, "antispam", [_xatoi(t) for t in tokens])
+
+
+# --------------------------------------------------------------------------- the options
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One command-line option: the one place its names, help line, man page text and effect
+    are declared. The getopt tables, `HELP_TEXT` and the man page's OPTIONS are made from it.
+    """
+
+    short: str | None  # the letter of -x, or None
+    longs: tuple[str, ...]  # its long names; more than one are synonyms (--proto/--protocol)
+    arg: str | None  # what its argument is called in the man page; None: it takes none
+    handler: _Handler | None  # what it does; None only for a synonym_of
+    help: str  # its line in --help, fetchmail's words where fetchmail has the option
+    man: str  # its description in pyfetch(1): `code`, *argument*, blank-line paragraphs
+    synonym_of: str | None = None  # parsed as this option (--port is -P), though listed apart
+    destination: bool = False  # one of -S, -m, --bsmtp: fetchmail takes only one of them
+    pyfetch_only: bool = False  # not fetchmail's: matched only when no fetchmail name matches
+    help_shows_arg: bool = False  # --help shows the argument (fetchmail does for --bad-header)
+
+    @property
+    def ident(self) -> str:
+        """getopt's `val`: what synonyms share, and what CommandLine.given records."""
+        return self.synonym_of or self.short or self.longs[0]
+
+    @property
+    def has_arg(self) -> bool:
+        return self.arg is not None
+
+    @property
+    def help_flags(self) -> str:
+        """The left column of --help: `-p, --proto[col]`, `    --idle`."""
+        head = f"-{self.short}, " if self.short else "    "
+        names = "--" + _bracketed(self.longs)
+        return head + names + (f" {self.arg}" if self.help_shows_arg else "")
+
+
+def _bracketed(names: tuple[str, ...]) -> str:
+    # fetchmail's help writes two synonyms as one: proto[col], user[name], [fetch]all
+    if len(names) == 1:
+        return names[0]
+    short, long = sorted(names, key=len)
+    if len(names) == 2 and long.startswith(short):
+        return f"{short}[{long[len(short):]}]"
+    if len(names) == 2 and long.endswith(short):
+        return f"[{long[: -len(short)]}]{short}"
+    raise ValueError(f"no help notation for the synonyms {names}")
+
+
+# In the order of `fetchmail --help`, which --help and the man page follow. Each `man` says
+# what pyfetch does, and where pyfetch reads an option but does not act on it, says so.
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "?", ("help",), None, _help,
+        help="display this option help",
+        man="""
+            Print the option summary on standard output and exit 0, even when the command line
+            has errors as well. `-h` is not an option, as in fetchmail.
+        """,
+    ),
+    OptionSpec(
+        "V", ("version",), None, _Action("version"),
+        help="display version info",
+        man="""
+            Print pyfetch's version, then for every server that would be polled how its
+            configuration is understood once the rcfile, its `defaults` and the command line
+            are merged, in fetchmail's words. Nothing is fetched. Useful to check that the
+            options are set the way you want them.
+        """,
+    ),
+    OptionSpec(
+        "c", ("check",), None, _Action("check"),
+        help="check for messages without fetching",
+        man="""
+            Only say whether mail is waiting, without fetching or deleting any: exit 0 if there
+            is some, 1 if not. Turns daemon mode off, and nothing is watched with IDLE. Beside a
+            running daemon it is refused (exit 8).
+        """,
+    ),
+    OptionSpec(
+        "s", ("silent",), None, _silent,
+        help="work silently",
+        man="""
+            Print nothing but errors. Whichever of `-s` and `-v` comes last on the line wins.
+        """,
+    ),
+    OptionSpec(
+        "v", ("verbose",), None, _verbose,
+        help="work noisily (diagnostic output)",
+        man="""
+            Print more: the dialogue with the servers (never a password or anything derived
+            from one), polls that found no mail, and a daemon's `sleeping at` and `awakened
+            at` lines. Given twice (`-vv`), more detail still. A `-v` after `-s`
+            starts again at plain verbose.
+        """,
+    ),
+    OptionSpec(
+        "d", ("daemon",), "seconds", _daemon,
+        help="run as a daemon once per n seconds",
+        man="""
+            Run as a daemon: poll every account, then again *seconds* after each poll ended,
+            until stopped (rcfile: `set daemon`). It goes into the background once it holds
+            the lock; see DAEMON MODE. `-d0` polls once in the foreground whatever the rcfile
+            says; a negative number leaves the rcfile's interval as it is and cancels an
+            earlier `-d` on the same line.
+        """,
+    ),
+    OptionSpec(
+        "N", ("nodetach",), None, _Action("nodetach"),
+        help="don't detach daemon process",
+        man="""
+            Keep a daemon in the foreground, as a systemd unit or a supervisor wants it. As in
+            fetchmail, a logfile (`-L`) is then not used.
+        """,
+    ),
+    OptionSpec(
+        "q", ("quit",), None, _Action("quit"),
+        help="kill daemon process",
+        man="""
+            Stop the pyfetch or fetchmail that holds the lock: `background pyfetch at PID
+            killed.`, exit 0 once it has ended; with nothing running, `no other pyfetch is
+            running`, exit 8. Unlike fetchmail, pyfetch never polls after `-q`, wherever it
+            stands on the line.
+        """,
+    ),
+    OptionSpec(
+        "L", ("logfile",), "file", _Path("global", "logfile"),
+        help="specify logfile name",
+        man="""
+            Append the run's lines to *file* instead of writing them to the terminal, a
+            daemon's and a single run's alike (rcfile: `set logfile`). As in fetchmail, *file*
+            must exist already: one that does not is ignored with a warning, and so is any
+            logfile under `-N`. A relative name is taken from the current directory.
+        """,
+    ),
+    OptionSpec(
+        None, ("syslog",), None, _Sets("global", "syslog", True),
+        help="use syslog(3) for most messages when running as a daemon",
+        man="""
+            Send the run's lines to syslog(3), with facility mail, in the foreground too
+            (rcfile: `set syslog`). A logfile (`-L`) wins over it.
+        """,
+    ),
+    OptionSpec(
+        None, ("nosyslog",), None, _Sets("global", "syslog", False),
+        help="turns off use of syslog(3)",
+        man="""
+            Turn off `set syslog` from the rcfile; see `--syslog`.
+        """,
+    ),
+    OptionSpec(
+        None, ("invisible",), None, _Sets("global", "invisible", True),
+        help="don't write Received & enable host spoofing",
+        man="""
+            Add no Received header to the messages, and greet the MTA with the mail server's
+            name rather than this machine's (rcfile: `set invisible`).
+        """,
+    ),
+    OptionSpec(
+        "f", ("fetchmailrc",), "file", _rcfile,
+        help="specify alternate run control file",
+        man="""
+            Read the configuration from *file* instead of the default one (see CONFIGURATION);
+            `-f -` reads it from standard input. A name ending in `.toml` is read as TOML. The
+            file must be private: more open than 0710, or owned by someone else, exits 6.
+        """,
+    ),
+    OptionSpec(
+        "i", ("idfile",), "file", _Path("global", "idfile"),
+        help="specify alternate UIDs file",
+        man="""
+            Keep the UIDs of the messages delivered in *file* instead of `~/.fetchids` (rcfile:
+            `set idfile`). Each delivery is first appended to *file*`.journal` and flushed to
+            disk, before the message is deleted on the server.
+        """,
+    ),
+    OptionSpec(
+        None, ("pidfile",), "file", _Path("global", "pidfile"),  # not a configdump key
+        help="specify alternate PID (lock) file",
+        man="""
+            Use *file* as the lock instead of fetchmail's default (see DAEMON MODE and FILES;
+            rcfile: `set pidfile`). A pyfetch and a fetchmail that use the same file never
+            poll at once.
+        """,
+    ),
+    OptionSpec(
+        None, ("postmaster",), "name", _Text("global", "postmaster"),
+        help="specify recipient of last resort",
+        man="""
+            Who gets mail that has no local recipient, and the bounces with `--nobounce`
+            (rcfile: `set postmaster`). The default is the user running pyfetch, or
+            `postmaster` for root.
+        """,
+    ),
+    OptionSpec(
+        None, ("nobounce",), None, _Sets("global", "bouncemail", False),
+        help="redirect bounces from user to postmaster.",
+        man="""
+            Send the notice about a message the MTA refused to the postmaster instead of its
+            sender (rcfile: `set no bouncemail`).
+        """,
+    ),
+    OptionSpec(
+        None, ("nosoftbounce",), None, _Sets("global", "softbounce", False),
+        help="delete permanently undeliverable messages.",
+        man="""
+            Delete on the server a message the MTA refused for good (a 5xx reply), once its
+            sender was told (rcfile: `set no softbounce`).
+        """,
+    ),
+    OptionSpec(
+        None, ("softbounce",), None, _Sets("global", "softbounce", True),
+        help="keep permanently undeliverable messages on server (default).",
+        man="""
+            Leave a message the MTA refused for good on the server, to be tried again at the
+            next poll. The default, as in fetchmail 6.4.
+        """,
+    ),
+    OptionSpec(
+        "I", ("interface",), "interface/address[/mask]", _interface,
+        help="interface required specification",
+        man="""
+            fetchmail polls only while *interface* is up with an address in the range. pyfetch
+            checks the specification as fetchmail does (a malformed one exits 5 at once) and
+            shows it with `-V`, but does not look at the interface before polling.
+        """,
+    ),
+    OptionSpec(
+        "M", ("monitor",), "interface", _Text("server", "monitor"),
+        help="monitor interface for activity",
+        man="""
+            fetchmail skips a daemon's poll while *interface* saw no other traffic, so that a
+            dial-up link can go down. pyfetch reads it and shows it with `-V` and
+            `--configdump`, but does not act on it.
+        """,
+    ),
+    OptionSpec(
+        None, ("ssl",), None, _Sets("user", "ssl", True),
+        help="enable ssl encrypted session",
+        man="""
+            Use TLS from the first byte (implicit TLS, on port 995 for POP3 and 993 for IMAP
+            unless `-P` says otherwise). Without it, the connection is upgraded with STLS or
+            STARTTLS, which is required while certificates are checked (the default, as in
+            fetchmail 6.4); `--sslproto ''` turns TLS off.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslkey",), "file", _Path("user", "sslkey"),
+        help="ssl private key file",
+        man="""
+            The private key for a client certificate (`--sslcert`), for servers that
+            authenticate clients by certificate.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslcert",), "file", _Path("user", "sslcert"),
+        help="ssl client certificate",
+        man="""
+            A client certificate to present to the server; see `--sslkey`.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslcertck",), None, _Sets("user", "sslcertck", True),
+        help="do strict server certificate check (recommended)",
+        man="""
+            Check the server's certificate: its chain against the trusted certificates and
+            its name against the server's. The default, as in fetchmail 6.4. A failed check
+            ends the session before any password is sent.
+        """,
+    ),
+    OptionSpec(
+        None, ("nosslcertck",), None, _Sets("user", "sslcertck", False),
+        help="skip strict server certificate check (insecure)",
+        man="""
+            Accept a certificate that does not verify: the traffic is still encrypted, but
+            anyone on the path can read it. pyfetch prints fetchmail's warning before any
+            password goes out. Prefer `--sslfingerprint`.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslcertfile",), "file", _Path("user", "sslcertfile"),
+        help="path to trusted-CA ssl certificate file",
+        man="""
+            Trust the CA certificates in *file* (PEM) instead of the system's, unless
+            `FETCHMAIL_INCLUDE_DEFAULT_X509_CA_CERTS` is set and not empty.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslcertpath",), "directory", _Path("user", "sslcertpath"),
+        help="path to trusted-CA ssl certificate directory",
+        man="""
+            Trust the CA certificates in *directory* (hashed as OpenSSL's `c_rehash` makes
+            it) instead of the system's; see `--sslcertfile`.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslcommonname",), "name", _Text("user", "sslcommonname"),
+        help="expect this CommonName from server (discouraged)",
+        man="""
+            Expect *name* in the server's certificate instead of the server's host name.
+            Better: ask the server's operator for a certificate with the right name.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslfingerprint",), "fingerprint", _Text("user", "sslfingerprint"),
+        help="fingerprint that must match that of the server's cert.",
+        man="""
+            The digest the server's certificate must have: MD5 as fetchmail prints it
+            (`AA:BB:...`), or SHA-1 or SHA-256, with or without colons. A mismatch always
+            refuses. Unlike fetchmail, a match is enough on its own, so a pinned self-signed
+            certificate is accepted.
+        """,
+    ),
+    OptionSpec(
+        None, ("sslproto",), "version", _Text("user", "sslproto"),
+        help="force ssl protocol (see manual)",
+        man="""
+            The TLS versions to allow, named as in fetchmail 6.4: `auto` (TLS 1 or newer,
+            within what the TLS library still allows), `TLS1.2+`, `TLS1.3+`, `TLS1.2`, ...;
+            any of them requires TLS. `''` (empty) turns STARTTLS off. SSLv2 and SSLv3 are
+            refused.
+        """,
+    ),
+    OptionSpec(
+        None, ("plugin",), "command", _Text("server", "plugin"),
+        help="specify external command to open connection",
+        man="""
+            fetchmail's command that makes the connection to the server (through ssh, say).
+            pyfetch reads it and shows it with `-V` and `--configdump`, but connects directly.
+        """,
+    ),
+    OptionSpec(
+        None, ("plugout",), "command", _Text("server", "plugout"),
+        help="specify external command to open smtp connection",
+        man="""
+            As `--plugin`, for the connection to the MTA; pyfetch does not act on it either.
+        """,
+    ),
+    OptionSpec(
+        None, ("bad-header",), "{reject|accept}", _bad_header,
+        help="specify policy for handling messages with bad headers",
+        help_shows_arg=True,
+        man="""
+            What to do with a message whose header does not parse: `reject` it (the default:
+            it is refused like a delivery the MTA refused) or `accept` it and deliver it as
+            it is. `reject` does not undo `bad-header accept` in the rcfile.
+        """,
+    ),
+    OptionSpec(
+        "p", ("protocol", "proto"), "proto", _protocol,
+        help="specify retrieval protocol (see man page)",
+        man="""
+            The protocol, in any case: `auto` (the default: IMAP, then POP3), `pop3`, `apop`
+            (POP3 with APOP login) or `imap`. `pop2`, `rpop`, `kpop`, `sdps`, `etrn` and
+            `odmr` are accepted as fetchmail accepts them, and refused with a message when a
+            poll would use them.
+        """,
+    ),
+    OptionSpec(
+        "U", ("uidl",), None, _Sets("server", "uidl", True),
+        help="force the use of UIDLs (pop3 only)",
+        man="""
+            POP3: tell new messages from old by their UIDs (UIDL), recorded in the idfile, as
+            fetchmail's `uidl` does.
+        """,
+    ),
+    OptionSpec(
+        None, ("idle",), None, _Sets("user", "idle", True),
+        help="tells the IMAP server to send notice of new messages",
+        man="""
+            Set `idle` on every account: each IMAP folder is watched with IDLE and its mail is
+            fetched as it arrives, until pyfetch is stopped (see IDLE). Unlike fetchmail, on
+            any number of folders and accounts. POP3 accounts are polled once.
+        """,
+    ),
+    OptionSpec(
+        None, ("port",), "port", None,
+        synonym_of="P",
+        help="TCP port to connect to (obsolete, use --service)",
+        man="""
+            The obsolete spelling of `--service`.
+        """,
+    ),
+    OptionSpec(
+        # -P, --service and the obsolete --port store the text unchecked; a bad service only
+        # fails later ("Cannot resolve service ... to port number.").
+        "P", ("service",), "service", _Text("server", "service"),
+        help="TCP service to connect to (can be numeric TCP port)",
+        man="""
+            The port to connect to, as a number or a service name. The default is the
+            protocol's: 110 (POP3) or 143 (IMAP), 995 or 993 with `--ssl`. A name that does
+            not resolve fails the poll, not the command line.
+        """,
+    ),
+    OptionSpec(
+        None, ("auth",), "type", _auth,
+        help="authentication type (see manual)",
+        man="""
+            How to log in: `any` (the default: CRAM-MD5 if the server offers it, else the
+            password), `password`, `cram-md5`, `ssh` (no login: the connection is already
+            authenticated, as through an ssh tunnel), and pyfetch's `xoauth2` and
+            `oauthbearer`, which send an OAuth2 access token (see IMAP AND OAUTH2).
+            `kerberos`, `kerberos_v4`, `kerberos_v5`, `gssapi`, `otp`, `opie`, `ntlm`, `msn`
+            and `external` are accepted as in fetchmail and refused when a poll would use them.
+        """,
+    ),
+    OptionSpec(
+        "t", ("timeout",), "seconds", _timeout,
+        help="server nonresponse timeout",
+        man="""
+            Give up on a server that has not answered for *seconds* (default 300; `-t 0`
+            means the default). Every connection has it, TLS handshakes included; a timeout
+            costs only its own poll.
+        """,
+    ),
+    OptionSpec(
+        # No count form on the command line: "-E '2 X-Foo'" is the header name "2 X-Foo", and
+        # the rcfile's envskip stays as it was.
+        "E", ("envelope",), "header", _Text("server", "envelope"),
+        help="envelope address header",
+        man="""
+            fetchmail's header carrying a multidrop message's recipient. pyfetch reads it and
+            shows it, but does not read envelope headers: a multidrop account's mail goes to
+            each of its local names.
+        """,
+    ),
+    OptionSpec(
+        "Q", ("qvirtual",), "prefix", _Text("server", "qvirtual"),
+        help="prefix to remove from local user id",
+        man="""
+            fetchmail's prefix removed from the envelope header's name; like `-E`, read and
+            shown but not acted on.
+        """,
+    ),
+    OptionSpec(
+        None, ("principal",), "principal", _Text("server", "principal"),
+        help="mail service principal",
+        man="""
+            A Kerberos service principal. Accepted, and refused when a poll would use it:
+            pyfetch does not do Kerberos.
+        """,
+    ),
+    OptionSpec(
+        None, ("tracepolls",), None, _Sets("server", "tracepolls", True),
+        help="add poll-tracing information to Received header",
+        man="""
+            Name the poll entry, the account and the folder in the Received header pyfetch
+            adds, so that mail can be filtered by the account it came from.
+        """,
+    ),
+    OptionSpec(
+        "u", ("user", "username"), "name", _Text("user", "remote"),
+        help="specify users's login on server",
+        man="""
+            The login name on the server. The default is your login name here.
+        """,
+    ),
+    OptionSpec(
+        "a", ("all", "fetchall"), None, _Sets("user", "fetchall", True),
+        help="retrieve old and new messages",
+        man="""
+            Fetch old (seen) messages as well as new ones.
+        """,
+    ),
+    OptionSpec(
+        "K", ("nokeep",), None, _Sets("user", "keep", False),
+        help="delete new messages after retrieval",
+        man="""
+            Delete each message on the server once the MTA has accepted it: the default, and
+            what overrides `keep` in the rcfile.
+        """,
+    ),
+    OptionSpec(
+        "k", ("keep",), None, _Sets("user", "keep", True),
+        help="save new messages after retrieval",
+        man="""
+            Leave the messages on the server. pyfetch remembers which it delivered (in the
+            idfile), so a kept message is not fetched again.
+        """,
+    ),
+    OptionSpec(
+        "F", ("flush",), None, _Sets("user", "flush", True),
+        help="delete old messages from server",
+        man="""
+            Delete old (seen) messages on the server before fetching new ones. Dangerous, as
+            in fetchmail: it deletes mail pyfetch never fetched, such as mail read with
+            another client.
+        """,
+    ),
+    OptionSpec(
+        None, ("limitflush",), None, _Sets("user", "limitflush", True),
+        help="delete oversized messages",
+        man="""
+            Delete the messages over the `-l` limit on the server instead of leaving them.
+        """,
+    ),
+    OptionSpec(
+        "n", ("norewrite",), None, _Sets("user", "rewrite", False),
+        help="don't rewrite header addresses",
+        man="""
+            Leave the addresses in the header as they are. By default, as in fetchmail, an
+            address without a domain gets `@` and the server's name, so that replies work.
+        """,
+    ),
+    OptionSpec(
+        "l", ("limit",), "bytes", _Count("user", "limit"),
+        help="don't fetch messages over given size",
+        man="""
+            Leave messages over *bytes* on the server, unread, and say so at each poll. 0 (the
+            default) means no limit; an explicit 0 overrides the rcfile's limit.
+        """,
+    ),
+    OptionSpec(
+        "w", ("warnings",), "seconds", _Count("user", "warnings"),
+        help="interval between warning mail notification",
+        man="""
+            fetchmail's interval between mails warning of oversized messages. pyfetch reads it
+            and shows it, but sends no such mail.
+        """,
+    ),
+    OptionSpec(
+        "S", ("smtphost",), "hosts", _Append("user", "smtphunt"),
+        destination=True,
+        help="set SMTP forwarding host",
+        man="""
+            The MTAs to hand mail to, comma-separated and tried in turn: `host`,
+            `host/port`, `[address]/port`, or the absolute path of an LMTP socket; added after
+            the rcfile's. The default is `localhost`. Only one of `-S`, `-m` and `--bsmtp` may
+            be given.
+        """,
+    ),
+    OptionSpec(
+        None, ("fetchdomains",), "domains", _Append("user", "fetchdomains"),
+        help="fetch mail for specified domains",
+        man="""
+            The domains to ask for with ETRN or ODMR, which pyfetch refuses; read and shown.
+        """,
+    ),
+    OptionSpec(
+        "D", ("smtpaddress",), "domain", _Text("user", "smtpaddress"),
+        help="set SMTP delivery domain to use",
+        man="""
+            The domain of the addresses pyfetch gives the MTA (RCPT TO). The default is the
+            SMTP host's name.
+        """,
+    ),
+    OptionSpec(
+        None, ("smtpname",), "user@domain", _Text("user", "smtpname"),
+        help="set SMTP full name username@domain",
+        man="""
+            The whole address pyfetch gives the MTA (RCPT TO), instead of the local name and
+            `-D`'s domain.
+        """,
+    ),
+    OptionSpec(
+        None, ("passwordeval",), "command", _Text("user", "passwordeval"),
+        pyfetch_only=True,
+        help="take the password (or OAuth2 token) from a command's output",
+        man="""
+            pyfetch's own, as `passwordeval` in the rcfile: run *command* with `/bin/sh` and
+            take what it prints, without the final line end, as the password or the OAuth2
+            token, e.g. `--passwordeval "pass show mail/isp"`. It is run again at every login,
+            and what it prints is never logged; a command that fails or prints nothing is an
+            authentication failure (exit 3).
+        """,
+    ),
+    OptionSpec(
+        None, ("parallel",), "n", _parallel,
+        pyfetch_only=True,
+        help="poll up to n mailboxes at once (1: one after the other)",
+        man="""
+            pyfetch's own: poll at most *n* mailboxes at once (default 4, and never more than
+            4 against one server host). `--parallel 1` polls them one after the other in rcfile
+            order, as fetchmail does.
+        """,
+    ),
+    OptionSpec(
+        "Z", ("antispam",), "codes", _antispam,
+        help="set antispam response values",
+        man="""
+            The MTA's reply codes, comma-separated, that mean it refused a message as spam:
+            with `--nosoftbounce` such a message is deleted without a bounce. Added after the
+            rcfile's.
+        """,
+    ),
+    OptionSpec(
+        "b", ("batchlimit",), "count", _Count("user", "batchlimit"),
+        help="set batch limit for SMTP connections",
+        man="""
+            Hand at most *count* messages to the MTA over one connection, then open a new one
+            (0: no limit).
+        """,
+    ),
+    OptionSpec(
+        "B", ("fetchlimit",), "count", _Count("user", "fetchlimit"),
+        help="set fetch limit for server connections",
+        man="""
+            Fetch at most *count* messages from a server in one poll (0: no limit).
+        """,
+    ),
+    OptionSpec(
+        None, ("fetchsizelimit",), "count", _Count("user", "fetchsizelimit"),
+        help="set fetch message size limit",
+        man="""
+            IMAP: ask for the sizes of *count* messages at a time (default 100; 0: all at
+            once), so that the first message comes sooner in a large mailbox.
+        """,
+    ),
+    OptionSpec(
+        None, ("fastuidl",), "n", _Count("user", "fastuidl"),
+        help="do a binary search for UIDLs",
+        man="""
+            fetchmail's binary search for the first new POP3 UID. pyfetch reads it and shows
+            it, but always lists every UID.
+        """,
+    ),
+    OptionSpec(
+        "e", ("expunge",), "count", _Count("user", "expunge"),
+        help="set max deletions between expunges",
+        man="""
+            Make deletions final after every *count* deletions (IMAP: EXPUNGE; POP3: end the
+            session and log in again), so that a dropped connection costs less; 0 makes them
+            final at the end of the session only.
+        """,
+    ),
+    OptionSpec(
+        # fetchmail also turns stripcr on by default once an MDA is set.
+        "m", ("mda",), "command", _Text("user", "mda"),
+        destination=True,
+        help="set MDA to use for forwarding",
+        man="""
+            Hand each message to *command* (a delivery agent, run with `/bin/sh`) instead of an
+            MTA: `%T` is replaced by the recipient and `%F` by the sender, each quoted.
+            Exit 0 means delivered; anything else leaves the message on the server. Use an
+            agent that fails on a full disk; never one that reads the recipients from the
+            header, such as `sendmail -t`.
+        """,
+    ),
+    OptionSpec(
+        None, ("bsmtp",), "file", _Path("user", "bsmtp"),
+        destination=True,
+        help="set output BSMTP file",
+        man="""
+            Append the messages to *file* as batched SMTP instead of delivering them; `-` is
+            standard output.
+        """,
+    ),
+    OptionSpec(
+        None, ("lmtp",), None, _Sets("user", "lmtp", True),
+        help="use LMTP (RFC2033) for delivery",
+        man="""
+            Speak LMTP to the `-S` hosts, which then need an explicit port or a socket path.
+            A message is delivered when every recipient took it.
+        """,
+    ),
+    OptionSpec(
+        "r", ("folder",), "folders", _Append("user", "mailboxes"),
+        help="specify remote folder name",
+        man="""
+            IMAP: the folders to poll, comma-separated, in turn; added after the rcfile's.
+        """,
+    ),
+    OptionSpec(
+        None, ("showdots",), None, _Sets("global", "showdots", True),
+        help="show progress dots even in logfiles",
+        man="""
+            fetchmail's progress dots. pyfetch reads it and shows it, and prints no dots.
+        """,
+    ),
+    OptionSpec(
+        None, ("configdump",), None, _Action("configdump"),
+        help="dump the configuration and exit",
+        man="""
+            Print the configuration as it would be used, the rcfile merged with the command
+            line, and exit. It is JSON with the keys and nesting of `fetchmail --configdump`
+            (which prints Python), or TOML with `--format toml`.
+        """,
+    ),
+    OptionSpec(
+        None, ("format",), "format", _dump_format,
+        pyfetch_only=True,
+        help="format for --configdump: json (default) or toml",
+        man="""
+            pyfetch's own: `json` (the default) or `toml`, for `--configdump`. The TOML is a
+            configuration pyfetch reads back (see CONFIGURATION).
+        """,
+    ),
+    OptionSpec(
+        "y", ("yydebug",), None, _Action("yydebug"),
+        help="trace the run control file parser",
+        man="""
+            Accepted for fetchmail's sake; pyfetch's rcfile parser has no trace to print. A
+            syntax error names its file, line and token.
+        """,
+    ),
 )
+
+# fetchmail 6.4.37's long-option table in its order: glibc lists the candidates of an ambiguous
+# prefix in table order (verified against 6.4.37's messages for every first letter: `--s`,
+# `--n`, `--p`, ...). pyfetch's own come after them; they are matched only when no fetchmail
+# name matches, even by prefix, so every abbreviation fetchmail accepts keeps its meaning
+# (`--fo` is --folder).
+_GETOPT_ORDER: tuple[str, ...] = (
+    "help", "version", "check", "silent", "verbose", "daemon", "nodetach", "quit", "logfile",
+    "invisible", "showdots", "syslog", "nosyslog", "fetchmailrc", "idfile", "pidfile",
+    "postmaster", "nobounce", "nosoftbounce", "softbounce", "protocol", "proto", "uidl", "idle",
+    "port", "service", "auth", "timeout", "envelope", "qvirtual", "bad-header", "user",
+    "username", "all", "fetchall", "nokeep", "keep", "flush", "limitflush", "norewrite",
+    "limit", "warnings", "folder", "smtphost", "fetchdomains", "smtpaddress", "smtpname",
+    "antispam", "batchlimit", "fetchlimit", "fetchsizelimit", "fastuidl", "expunge", "mda",
+    "bsmtp", "lmtp", "ssl", "sslkey", "sslcert", "sslproto", "sslcertck", "nosslcertck",
+    "sslcertfile", "sslcertpath", "sslcommonname", "sslfingerprint", "principal", "interface",
+    "monitor", "plugin", "plugout", "configdump", "yydebug", "tracepolls",
+    # pyfetch's own
+    "format", "passwordeval", "parallel",
+)
+
+
+# --------------------------------------------------------------------------- help text
 
 
 def _render_help() -> str:
     width = 22
     lines = [f"usage:  {PROG} [options] [server ...]", "  Options are as follows:"]
-    for flags, text in _HELP_ROWS:
-        if not text:
+    for spec in OPTIONS:
+        flags = spec.help_flags
+        if len(flags) >= width:
+            # too wide for the column (--bad-header {reject|accept}): the text goes below
             lines.append(f"  {flags}")
+            lines.append(f"  {'':<{width}}{spec.help}")
         else:
-            lines.append(f"  {flags:<{width}}{text}".rstrip())
+            lines.append(f"  {flags:<{width}}{spec.help}".rstrip())
+    lines.append(f"  See {PROG}(1) for the full description (man {PROG}).")
     return "\n".join(lines) + "\n"
 
 
 HELP_TEXT = _render_help()
 
 
-# --------------------------------------------------------------------------- option table
+# --------------------------------------------------------------------------- getopt tables
 
 
 @dataclass(frozen=True)
@@ -216,111 +1050,42 @@ class _Option:
     has_arg: bool
 
 
-def _opt(name: str, ident: str, has_arg: bool = False) -> _Option:
-    return _Option(name, ident, has_arg)
+def _long_tables() -> tuple[tuple[_Option, ...], tuple[_Option, ...]]:
+    by_name = {name: spec for spec in OPTIONS for name in spec.longs}
+    if sorted(by_name) != sorted(_GETOPT_ORDER) or len(by_name) != len(_GETOPT_ORDER):
+        raise AssertionError("_GETOPT_ORDER must name every long option of OPTIONS once")
+    fetchmails: list[_Option] = []
+    extras: list[_Option] = []
+    for name in _GETOPT_ORDER:
+        spec = by_name[name]
+        (extras if spec.pyfetch_only else fetchmails).append(
+            _Option(name, spec.ident, spec.has_arg)
+        )
+    return tuple(fetchmails), tuple(extras)
 
 
-# In fetchmail's order: glibc lists the candidates of an ambiguous prefix in table order.
-# Verified against 6.4.37's messages for every first letter (`--s`, `--n`, `--p`, ...).
-_LONG_OPTIONS: tuple[_Option, ...] = (
-    _opt("help", "?"),
-    _opt("version", "V"),
-    _opt("check", "c"),
-    _opt("silent", "s"),
-    _opt("verbose", "v"),
-    _opt("daemon", "d", True),
-    _opt("nodetach", "N"),
-    _opt("quit", "q"),
-    _opt("logfile", "L", True),
-    _opt("invisible", "invisible"),
-    _opt("showdots", "showdots"),
-    _opt("syslog", "syslog"),
-    _opt("nosyslog", "nosyslog"),
-    _opt("fetchmailrc", "f", True),
-    _opt("idfile", "i", True),
-    _opt("pidfile", "pidfile", True),
-    _opt("postmaster", "postmaster", True),
-    _opt("nobounce", "nobounce"),
-    _opt("nosoftbounce", "nosoftbounce"),
-    _opt("softbounce", "softbounce"),
-    _opt("protocol", "p", True),
-    _opt("proto", "p", True),
-    _opt("uidl", "U"),
-    _opt("idle", "idle"),
-    _opt("port", "P", True),  # obsolete spelling of --service; same meaning in 6.4
-    _opt("service", "P", True),
-    _opt("auth", "auth", True),
-    _opt("timeout", "t", True),
-    _opt("envelope", "E", True),
-    _opt("qvirtual", "Q", True),
-    _opt("bad-header", "bad-header", True),
-    _opt("user", "u", True),
-    _opt("username", "u", True),
-    _opt("all", "a"),
-    _opt("fetchall", "a"),
-    _opt("nokeep", "K"),
-    _opt("keep", "k"),
-    _opt("flush", "F"),
-    _opt("limitflush", "limitflush"),
-    _opt("norewrite", "n"),
-    _opt("limit", "l", True),
-    _opt("warnings", "w", True),
-    _opt("folder", "r", True),
-    _opt("smtphost", "S", True),
-    _opt("fetchdomains", "fetchdomains", True),
-    _opt("smtpaddress", "D", True),
-    _opt("smtpname", "smtpname", True),
-    _opt("antispam", "Z", True),
-    _opt("batchlimit", "b", True),
-    _opt("fetchlimit", "B", True),
-    _opt("fetchsizelimit", "fetchsizelimit", True),
-    _opt("fastuidl", "fastuidl", True),
-    _opt("expunge", "e", True),
-    _opt("mda", "m", True),
-    _opt("bsmtp", "bsmtp", True),
-    _opt("lmtp", "lmtp"),
-    _opt("ssl", "ssl"),
-    _opt("sslkey", "sslkey", True),
-    _opt("sslcert", "sslcert", True),
-    _opt("sslproto", "sslproto", True),
-    _opt("sslcertck", "sslcertck"),
-    _opt("nosslcertck", "nosslcertck"),
-    _opt("sslcertfile", "sslcertfile", True),
-    _opt("sslcertpath", "sslcertpath", True),
-    _opt("sslcommonname", "sslcommonname", True),
-    _opt("sslfingerprint", "sslfingerprint", True),
-    _opt("principal", "principal", True),
-    _opt("interface", "I", True),
-    _opt("monitor", "M", True),
-    _opt("plugin", "plugin", True),
-    _opt("plugout", "plugout", True),
-    _opt("configdump", "configdump"),
-    _opt("yydebug", "y"),
-    _opt("tracepolls", "tracepolls"),
-)
+_LONG_OPTIONS, _EXTRA_LONG_OPTIONS = _long_tables()
 
-# pyfetch's own long options. They are matched only when no fetchmail option matches, even
-# by prefix, so every abbreviation fetchmail accepts keeps its meaning (`--fo` = --folder).
-_EXTRA_LONG_OPTIONS: tuple[_Option, ...] = (
-    _opt("format", "format", True),
-    _opt("passwordeval", "passwordeval", True),  # the password from a command's output
-    _opt("parallel", "parallel", True),  # how many mailboxes are polled at once
-)
+# -x letters and whether each takes an argument. fetchmail 6.4.37 has no `-A` (older releases
+# did): `-A` is an invalid option (checked), and so are -T and -h.
+_SHORT_OPTIONS: dict[str, bool] = {
+    spec.short: spec.has_arg for spec in OPTIONS if spec.short is not None
+}
 
-# fetchmail 6.4.37's short-option string. Unlike older releases it has no `A:`: `-A` is
-# reported as an invalid option (checked), and so are -T and -h.
-_SHORT_OPTSTRING = "?Vcsvd:NqL:f:i:p:UP:t:E:Q:u:akKFnl:r:S:Z:b:B:e:m:I:M:yw:D:"
+def _handlers() -> dict[str, OptionSpec]:
+    """What each getopt `val` does. A synonym_of is parsed as the option it names."""
+    by_ident = {spec.ident: spec for spec in OPTIONS if spec.handler is not None}
+    flags = {f.name for f in fields(CommandLine) if f.type == "bool"}
+    for spec in OPTIONS:
+        target = by_ident.get(spec.ident)
+        if target is None or target.has_arg != spec.has_arg:
+            raise AssertionError(f"--{spec.longs[0]} needs a handler or a matching synonym_of")
+        if isinstance(spec.handler, _Action) and spec.handler.field not in flags:
+            raise AssertionError(f"--{spec.longs[0]} sets {spec.handler.field}, not a flag")
+    return by_ident
 
 
-def _short_table(optstring: str) -> dict[str, bool]:
-    table: dict[str, bool] = {}
-    for index, char in enumerate(optstring):
-        if char != ":":
-            table[char] = optstring[index + 1 : index + 2] == ":"
-    return table
-
-
-_SHORT_OPTIONS = _short_table(_SHORT_OPTSTRING)
+_BY_IDENT = _handlers()
 
 
 # --------------------------------------------------------------------------- getopt
@@ -538,12 +1303,6 @@ _AUTH_TYPES: dict[str, str] = {
 
 # --------------------------------------------------------------------------- the parser
 
-_SILENT, _NORMAL, _VERBOSE, _DEBUG = 0, 1, 2, 3
-
-# Options naming a delivery target. fetchmail allows only one of these occurrences in all
-# (`-S a -S b` too): more prints the bare usage on stderr and exits 5. Use `-S a,b`.
-_DESTINATIONS = frozenset({"S", "m", "bsmtp"})
-
 
 class _Parser:
     def __init__(self, cwd: str) -> None:
@@ -559,6 +1318,12 @@ class _Parser:
     def path(self, value: str) -> str:
         return _prependdir(value, self.cwd)
 
+    def overrides(self, scope: Scope) -> dict[str, object]:
+        result = self.result
+        if scope == "global":
+            return result.global_overrides
+        return result.server_overrides if scope == "server" else result.user_overrides
+
     def append(self, target: dict[str, object], key: str, values: Sequence[object]) -> None:
         # Every occurrence appends (`-r a,b -r c` gives a, b, c), after the rcfile's entries,
         # duplicates included.
@@ -568,220 +1333,18 @@ class _Parser:
         existing.extend(values)
 
     def apply(self, ident: str, arg: str | None) -> None:
-        result = self.result
-        glob = result.global_overrides
-        server = result.server_overrides
-        user = result.user_overrides
-        value = arg if arg is not None else ""
-        if ident in _DESTINATIONS:
+        spec = _BY_IDENT[ident]
+        if spec.destination:
+            # fetchmail allows only one of -S, -m and --bsmtp in all (`-S a -S b` too): more
+            # prints the bare usage on stderr and exits 5. Use `-S a,b`.
             self.destinations += 1
-        result.given.add(ident)
-        match ident:
-            # ---- what to do
-            case "?":
-                result.help = True
-                self.help_flag = True
-            case "V":
-                result.version = True
-            case "c":
-                result.check = True
-            case "s":
-                self.outlevel = _SILENT
-            case "v":
-                # Whichever of -s and -v comes last wins; -v after -s restarts at verbose,
-                # so `-vv -s -v` is plain verbose. -vvv is no more than -vv.
-                self.outlevel = _DEBUG if self.outlevel >= _VERBOSE else _VERBOSE
-            case "N":
-                result.nodetach = True
-            case "q":
-                result.quit = True
-            case "f":
-                result.rcfile = value
-            case "y":
-                result.yydebug = True
-            case "configdump":
-                result.configdump = True
-            case "format":
-                fmt = value.lower()
-                if fmt not in DUMP_FORMATS:
-                    raise _BadValue(f"Invalid dump format `{value}' specified.")
-                result.dump_format = fmt
-            # ---- global
-            case "d":
-                number = _xatoi(value)
-                # A negative interval means "not given": the rcfile's `set daemon` stands,
-                # and `-d 5 -d -1` cancels the -d 5. 0 forces a single foreground run.
-                if number >= 0:
-                    glob["poll_interval"] = number
-                else:
-                    glob.pop("poll_interval", None)
-            case "L":
-                # Made absolute against the cwd. At startup fetchmail then drops a logfile
-                # that does not exist (with a warning) or that -N overrides.
-                glob["logfile"] = self.path(value)
-            case "i":
-                glob["idfile"] = self.path(value)
-            case "pidfile":
-                glob["pidfile"] = self.path(value)  # not a configdump key
-            case "postmaster":
-                glob["postmaster"] = value
-            case "nobounce":
-                glob["bouncemail"] = False
-            case "softbounce":
-                glob["softbounce"] = True
-            case "nosoftbounce":
-                glob["softbounce"] = False
-            case "invisible":
-                glob["invisible"] = True
-            case "showdots":
-                glob["showdots"] = True
-            case "syslog":
-                glob["syslog"] = True
-            case "nosyslog":
-                glob["syslog"] = False
-            # ---- server
-            case "p":
-                protocol = _PROTOCOLS.get(value.lower())
-                if protocol is None:
-                    raise _BadValue(f"Invalid protocol `{value}' specified.")
-                server["protocol"] = protocol
-                if value.lower() == "kpop":
-                    server["service"] = "kpop"
-                    server["auth"] = "kerberos_v5"
-                elif value.lower() == "sdps":
-                    # Never cleared by a later -p, as in fetchmail.
-                    server["sdps"] = True
-            case "P":
-                # -P, --service and the obsolete --port all store the text unchecked; a bad
-                # service only fails later ("Cannot resolve service ... to port number.").
-                server["service"] = value
-            case "auth":
-                auth = _AUTH_TYPES.get(value)
-                if auth is None and value.lower() == "external":
-                    auth = "external"
-                if auth is None:
-                    raise _BadValue(f"Invalid authentication `{value}' specified.")
-                if auth == "any":
-                    # "any" is fetchmail's 0, which the merge reads as "not given": it does
-                    # not override `auth password` from the rcfile, and it cancels an earlier
-                    # --auth (or the kerberos_v5 of -p kpop) on the same command line.
-                    server.pop("auth", None)
-                else:
-                    server["auth"] = auth
-            case "t":
-                number = _xatoi(value)
-                # "-t 0 means the default": 0 (and -1) force 300 over the rcfile's value.
-                # Other negatives end up as 0 in configdump.
-                if number in (0, -1):
-                    server["timeout"] = DEFAULT_TIMEOUT
-                else:
-                    server["timeout"] = max(number, 0)
-            case "E":
-                # No count form on the command line: "-E '2 X-Foo'" is the header name
-                # "2 X-Foo", and the rcfile's envskip stays as it was.
-                server["envelope"] = value
-            case "Q":
-                server["qvirtual"] = value
-            case "U":
-                server["uidl"] = True
-            case "plugin":
-                server["plugin"] = value
-            case "plugout":
-                server["plugout"] = value
-            case "principal":
-                server["principal"] = value
-            case "tracepolls":
-                server["tracepolls"] = True
-            case "bad-header":
-                policy = value.lower()
-                if policy not in ("accept", "reject"):
-                    raise _BadValue(f"Invalid bad-header policy `{value}' specified.")
-                if policy == "accept":
-                    server["badheader"] = True
-                else:
-                    # "reject" is fetchmail's 0 = "not given", as for --auth any: it cannot
-                    # undo `bad-header accept` from the rcfile.
-                    server.pop("badheader", None)
-            case "I":
-                _check_interface(value)
-                server["interface"] = value
-            case "M":
-                server["monitor"] = value
-            # ---- user
-            case "u":
-                user["remote"] = value
-            case "a":
-                user["fetchall"] = True
-            case "k":
-                user["keep"] = True
-            case "K":
-                user["keep"] = False
-            case "F":
-                user["flush"] = True
-            case "limitflush":
-                user["limitflush"] = True
-            case "n":
-                user["rewrite"] = False
-            case "l" | "w" | "B" | "fetchsizelimit" | "fastuidl" | "b" | "e":
-                # An explicit 0 overrides a nonzero rcfile value, and so does a negative
-                # number, which ends up as 0.
-                user[_NUMERIC_USER_KEYS[ident]] = max(_xatoi(value), 0)
-            case "m":
-                # fetchmail also turns stripcr on by default once an MDA is set.
-                user["mda"] = value
-            case "bsmtp":
-                user["bsmtp"] = self.path(value)
-            case "lmtp":
-                user["lmtp"] = True
-            case "D":
-                user["smtpaddress"] = value
-            case "smtpname":
-                user["smtpname"] = value
-            case "passwordeval":
-                user["passwordeval"] = value
-            case "parallel":
-                number = _xatoi(value)
-                if number < 1:
-                    raise _BadValue(f"Invalid number of parallel polls `{value}' specified.")
-                result.parallel = number
-            case "ssl":
-                user["ssl"] = True
-            case "sslkey" | "sslcert" | "sslcertfile" | "sslcertpath":
-                user[ident] = self.path(value)
-            case "sslproto" | "sslcommonname" | "sslfingerprint":
-                user[ident] = value
-            case "sslcertck":
-                user["sslcertck"] = True
-            case "nosslcertck":
-                user["sslcertck"] = False
-            case "idle":
-                user["idle"] = True
-            case "S":
-                self.append(user, "smtphunt", _strtok(value))
-            case "r":
-                self.append(user, "mailboxes", _strtok(value))
-            case "fetchdomains":
-                self.append(user, "fetchdomains", _strtok(value))
-            case "Z":
-                tokens = _strtok(value) or [""]
-                self.append(user, "antispam", [_xatoi(token) for token in tokens])
-            case _:  # pragma: no cover - the tables and this match are kept in step
-                raise AssertionError(f"unhandled option {ident!r}")
+        self.result.given.add(ident)
+        assert spec.handler is not None  # _BY_IDENT holds only options with a handler
+        spec.handler(self, arg if arg is not None else "")
 
     def finish(self) -> None:
         self.result.silent = self.outlevel == _SILENT
         self.result.verbose = max(self.outlevel - _NORMAL, 0)
-
-
-_NUMERIC_USER_KEYS: Mapping[str, str] = {
-    "l": "limit",
-    "w": "warnings",
-    "B": "fetchlimit",
-    "fetchsizelimit": "fetchsizelimit",
-    "fastuidl": "fastuidl",
-    "b": "batchlimit",
-    "e": "expunge",
-}
 
 
 def _current_directory() -> str:
