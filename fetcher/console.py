@@ -91,6 +91,17 @@ class Console:
                 return
             self._emit(stream, text)
 
+    def is_live(self) -> bool:
+        """Whether what the current poll writes goes out now (it is the oldest poll running,
+        or not a poll at all), rather than being held."""
+        group = _current.get()
+        with self._lock:
+            return group is None or not self._open or group is self._open[0]
+
+    def terminal(self) -> Terminal | None:
+        """The terminal, when the lines go to it (not to a logfile or syslog)."""
+        return next((sink for sink in self.sinks if isinstance(sink, Terminal)), None)
+
     @contextlib.contextmanager
     def group(self) -> Iterator[None]:
         """Keep the lines written inside together (see the module's docstring)."""

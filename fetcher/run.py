@@ -300,8 +300,10 @@ class Run:
                 self._next_poll[name] = now
 
     def _say(self, what: str, tail: str = "") -> None:
-        """`sleeping at ...` and `awakened at ...`: with -v, or on a terminal, as fetchmail."""
-        chatty = bool(self.reporter.verbose) or sys.stdout.isatty()
+        """`sleeping at ...` and `awakened at ...`: with -v, or on a terminal when the lines do
+        not go to syslog, as fetchmail."""
+        on_terminal = sys.stdout.isatty() and not self.config.globals.syslog
+        chatty = bool(self.reporter.verbose) or on_terminal
         if chatty and not self.reporter.silent:
             self.reporter.info(f"{what} {time.ctime()}{tail}")
 

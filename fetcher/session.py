@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from fetcher import message as msg
+from fetcher import progress
 from fetcher.bounce import bounce_recipient, build_bounce
 from fetcher.config import local_hostname
 from fetcher.credentials import for_login
@@ -300,7 +301,9 @@ class AccountPoll:
         again; otherwise it is new."""
         user, server = self.user, self.server
         with _spool() as spool:
-            await mailbox.retrieve(info.number, spool, peek=self.policy.peek)
+            reading = f"reading message {user.remote}@{server.queryname}:{info.shown_as} of {total}"
+            async with progress.shown(self.reporter, spool, info.size, reading):
+                await mailbox.retrieve(info.number, spool, peek=self.policy.peek)
             identity = Identity.of(info.size, spool)
             if expect is not None:
                 plan.verified(identity == expect)
