@@ -68,6 +68,7 @@ def plan_mailbox(
     delivered: Mapping[str, Identity | None] | None = None,
     *,
     server_flags: bool = True,
+    orphans: Iterable[Identity] = (),
 ) -> list[Decision]:
     """One decision per message, in server order.
 
@@ -81,8 +82,14 @@ def plan_mailbox(
     if the server had no UIDs (a record could otherwise skip or delete the wrong one). So is a
     UID recorded as delivered whose message no longer has the recorded size: the server reused
     it for another message.
+
+    `orphans` identify messages delivered whose records lost their UIDs (the folder's
+    UIDVALIDITY changed before they were deleted): an unrecorded message of the same size is
+    fetched and compared with one of them, and deleted without delivery only if it proves
+    the same.
     """
     delivered = delivered or {}
+    unclaimed = list(orphans)
     listing = list(listing)
     repeated = {uid for uid, n in Counter(m.uid for m in listing).items() if n > 1}
     decisions: list[Decision] = []
@@ -95,6 +102,11 @@ def plan_mailbox(
         oversized = policy.limit > 0 and message.size > policy.limit
         if uid is not None and expect is not None and not policy.keep:
             decisions.append(Decision(message, Action.DELETE_DELIVERED, expect))
+            continue
+        orphan = next((o for o in unclaimed if o.size == message.size), None)
+        if orphan is not None and (uid is None or uid not in delivered) and not policy.keep:
+            unclaimed.remove(orphan)
+            decisions.append(Decision(message, Action.DELETE_DELIVERED, orphan))
             continue
         if known and not policy.fetchall:
             action = Action.FLUSH if policy.flush else Action.SKIP_SEEN
@@ -301,6 +313,22 @@ class SessionPlan:
                 return Remove(message, _REMOVE_REASONS[action])
             if action is Action.SKIP_OVERSIZED:
                 return Skip(message, "oversized")
+        return None
+
+    def peek(self) -> Fetch | Verify | None:
+        """The message the next command will fetch, if the next command fetches one (so that
+        it can be read while this one is delivered); nothing changes."""
+        if self._finished or self._expunge_due():
+            return None
+        for decision in self.decisions[self._index :]:
+            if decision.action is Action.FETCH:
+                if fetchlimit_reached(self.fetched, self.policy):
+                    return None
+                return Fetch(decision.message)
+            if decision.action is Action.DELETE_DELIVERED and decision.expect is not None:
+                return Verify(decision.message, decision.expect)
+            if decision.action is not Action.SKIP_SEEN:
+                return None  # another command comes first
         return None
 
     def verified(self, same: bool) -> None:

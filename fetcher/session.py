@@ -9,6 +9,7 @@ thread of its own (fetcher.drivers.threaded); sinks are asyncio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import subprocess
 import tempfile
@@ -198,14 +199,17 @@ class AccountPoll:
         store = None if self.check_only else self.store
         if store is None:
             return plan_mailbox(listing, frozenset(), self.policy)
+        orphans: list[Identity] = []
         if uidvalidity is not None:
-            await self._check_uidvalidity(store, uidvalidity)
+            orphans = await self._check_uidvalidity(store, uidvalidity)
         if all(m.uid for m in listing):
             await store.prune(self.key, {m.uid for m in listing if m.uid is not None})
         server_flags = await self._trusts_server_flags(store, listing, uidvalidity)
         seen = await store.seen(self.key)
         delivered = await store.delivered(self.key)
-        return plan_mailbox(listing, seen, self.policy, delivered, server_flags=server_flags)
+        return plan_mailbox(
+            listing, seen, self.policy, delivered, server_flags=server_flags, orphans=orphans
+        )
 
     async def _trusts_server_flags(
         self, store: StoreService, listing: list[MessageInfo], uidvalidity: int | None
@@ -226,13 +230,18 @@ class AccountPoll:
         )
         return True
 
-    async def _check_uidvalidity(self, store: StoreService, uidvalidity: int) -> None:
+    async def _check_uidvalidity(self, store: StoreService, uidvalidity: int) -> list[Identity]:
         """A new UIDVALIDITY means every recorded UID of the folder now names nothing (or
-        another message): say so, and forget them, rather than skip or refetch in silence."""
+        another message): say so, and forget them, rather than skip or refetch in silence.
+        Returns what identified the messages delivered and not yet deleted under the old
+        UIDVALIDITY: they may still be there under new UIDs (plan_mailbox's `orphans`)."""
         folder_key = account_key(self.user.remote, self.server.queryname, self.folder, 0)
         prefix = folder_key.rsplit("=", 1)[0] + "="
+        orphans: list[Identity] = []
         for stale in await store.keys_starting(prefix):
             if stale != self.key:
+                pending = await store.delivered(stale)
+                orphans += [identity for identity in pending.values() if identity is not None]
                 old = stale.rsplit("=", 1)[1]
                 self.reporter.error(
                     f"UIDVALIDITY of {self.folder or 'INBOX'} for {self.user.remote}@"
@@ -240,6 +249,7 @@ class AccountPoll:
                     "UIDs are forgotten and the server's \\Seen flags decide what is new"
                 )
                 await store.forget(stale)
+        return orphans
 
     def _report_count(self, decisions: list[Decision], protocol: str) -> int:
         """fetchmail's `N messages (M seen) for bob at host (T octets).` or `No mail for ...`;
@@ -263,56 +273,81 @@ class AccountPoll:
         return PollResult(ExitCode.SUCCESS if new else ExitCode.NOMAIL)
 
     async def _work(self, mailbox: ThreadedMailbox, plan: SessionPlan) -> None:
-        """Carry out the plan's commands until it has none left or the run is stopping."""
+        """Carry out the plan's commands until it has none left or the run is stopping.
+
+        Two things keep the server and the listener busy at once (docs/design.md, rule 2 still
+        holds): the next message is read while one is delivered (the driver's thread and the
+        sink work side by side), and messages delivered and recorded wait in a batch for
+        their turn on the server: one fsync makes all their records durable, then one UID
+        STORE (or pipelined DELEs) deletes them. A message is never deleted before its record
+        is on disk."""
         user, server, report = self.user, self.server, self.reporter
         total = self._report_count(plan.decisions, mailbox.protocol)
-        while not self.stopping.is_set() and (command := plan.next()) is not None:
-            match command:
-                case Fetch(message=info):
-                    await self._fetch(mailbox, plan, info, total)
-                case Verify(message=info, expect=expect):
-                    await self._fetch(mailbox, plan, info, total, expect=expect)
-                case Remove(message=info, reason=reason):
-                    await self._delete(mailbox, plan, info)
-                    report.message_skipped(
-                        user.remote, server.queryname, info.shown_as, info.size, reason,
-                        flushed=True,
-                    )
-                case Skip(message=info, reason=reason):
-                    report.message_skipped(
-                        user.remote, server.queryname, info.shown_as, info.size, reason,
-                        flushed=False,
-                    )
-                case Expunge():
-                    await mailbox.expunge()
-                    if self.store is not None and mailbox.deletions_confirmed:
-                        await self.store.expunged(self.key, plan.expunged())
-                case Relogin():
-                    pass  # the session ends; _poll() logs in again for the rest
-                case FetchlimitReached(limit=limit, left=left):
-                    report.fetchlimit_reached(limit, left, server.pollname, user.remote)
+        self._waiting: list[_Done] = []
+        self._ahead: _Ahead | None = None
+        try:
+            while not self.stopping.is_set() and (command := plan.next()) is not None:
+                if not isinstance(command, Fetch | Verify):
+                    await self._settle(mailbox, plan, total)  # the lines stay in order
+                match command:
+                    case Fetch(message=info):
+                        await self._fetch(mailbox, plan, info, total)
+                    case Verify(message=info, expect=expect):
+                        await self._fetch(mailbox, plan, info, total, expect=expect)
+                    case Remove(message=info, reason=reason):
+                        await self._delete_many(mailbox, plan, [info])
+                        report.message_skipped(
+                            user.remote, server.queryname, info.shown_as, info.size, reason,
+                            flushed=True,  # as fetchmail says it, whatever the server answered
+                        )
+                    case Skip(message=info, reason=reason):
+                        report.message_skipped(
+                            user.remote, server.queryname, info.shown_as, info.size, reason,
+                            flushed=False,
+                        )
+                    case Expunge():
+                        await mailbox.expunge()
+                        if self.store is not None and mailbox.deletions_confirmed:
+                            await self.store.expunged(self.key, plan.expunged())
+                    case Relogin():
+                        pass  # the session ends; _poll() logs in again for the rest
+                    case FetchlimitReached(limit=limit, left=left):
+                        report.fetchlimit_reached(limit, left, server.pollname, user.remote)
+                if len(self._waiting) >= self._settle_every or (
+                    self._waiting_octets() >= BATCH_OCTETS
+                ):
+                    await self._settle(mailbox, plan, total)
+            await self._settle(mailbox, plan, total)
+        finally:
+            if self._ahead is not None:
+                self._ahead.drop()
+                self._ahead = None
+            if self._waiting:  # the session failed: nothing more goes to the server
+                await self._give_up_waiting(total)
+
+    @property
+    def _settle_every(self) -> int:
+        """Messages delivered before their deletions go out together; `expunge N` asks for
+        deletions to take effect every N, so never more than N."""
+        return min(BATCH, self.user.expunge) if self.user.expunge else BATCH
+
+    def _waiting_octets(self) -> int:
+        return sum(done.info.size for done in self._waiting)
 
     async def _fetch(
         self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo, total: int,
         *, expect: Identity | None = None,
     ) -> None:
-        """Fetch, deliver, record, then delete or mark, and say so. With `expect` (a message
-        an earlier run delivered): if it is that very message, delete it without delivering it
-        again; otherwise it is new."""
-        user, server = self.user, self.server
-        with _spool() as spool:
-            reading = f"reading message {user.remote}@{server.queryname}:{info.shown_as} of {total}"
-            async with progress.shown(self.reporter, spool, info.size, reading):
-                await mailbox.retrieve(info.number, spool, peek=self.policy.peek)
+        """Fetch and deliver, record, and queue the message's deletion or marking. With
+        `expect` (a message an earlier run delivered): if it is that very message, it is
+        deleted without being delivered again; otherwise it is new."""
+        spool = await self._retrieved(mailbox, plan, info, total)
+        try:
             identity = Identity.of(info.size, spool)
             if expect is not None:
                 plan.verified(identity == expect)
                 if identity == expect:
-                    await self._delete(mailbox, plan, info)
-                    self.reporter.message_skipped(
-                        user.remote, server.queryname, info.shown_as, info.size,
-                        "delivered before", flushed=True,
-                    )
+                    self._waiting.append(_Done(info, OnServer.DELETE, None, "delivered before"))
                     return
             store = self.store if info.uid is not None else None
             has_it: frozenset[str] = frozenset()  # LMTP recipients that took it at an earlier try
@@ -326,20 +361,105 @@ class AccountPoll:
                 if step.bounce and not await self._bounce(got.delivery, got.envelope, got.header):
                     step = KEEP_FOR_RETRY  # nobody could be told: keep it
                 if store is not None and info.uid is not None:
-                    # durable before the DELE: a crash from here on delivers nothing twice
+                    # written before the delete, and made durable (fsync) before it in _settle:
+                    # a crash from here on delivers nothing twice
                     await self._record(store, info.uid, identity, step, got, has_it)
             finally:
                 self.in_delivery = False
-        flushed = False
-        if step.on_server is OnServer.DELETE:
-            flushed = await self._delete(mailbox, plan, info)
-        elif step.on_server is OnServer.MARK_SEEN:
-            await mailbox.mark_seen(info.number)
+        finally:
+            spool.close()
+        self._waiting.append(_Done(info, step.on_server, got.header_octets, None))
+
+    async def _retrieved(
+        self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo, total: int
+    ) -> BinaryIO:
+        """The message in a spool: read ahead while the one before was delivered, or now. The
+        message after it starts being read at once, on the connection's thread."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.info.number != info.number:
+            ahead.drop()
+            ahead = None
+        if ahead is None:
+            ahead = _Ahead.start(mailbox, info, peek=self.policy.peek)
+        following = plan.peek()
+        if following is not None and not self.stopping.is_set():
+            self._ahead = _Ahead.start(mailbox, following.message, peek=self.policy.peek)
+        user, server = self.user, self.server
+        reading = f"reading message {user.remote}@{server.queryname}:{info.shown_as} of {total}"
+        try:
+            async with progress.shown(self.reporter, ahead.spool, info.size, reading):
+                await ahead.task
+        except BaseException:
+            ahead.drop()
+            raise
+        return ahead.spool
+
+    async def _settle(self, mailbox: ThreadedMailbox, plan: SessionPlan, total: int) -> None:
+        """The waiting messages' turn on the server: their records made durable with one
+        fsync, then one deletion command for all, then their progress lines."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        if self.store is not None:
+            await self.store.sync()  # before any deletion: rule 2 of docs/design.md
+        deleting = [done for done in waiting if done.on_server is OnServer.DELETE]
+        flushed = await self._delete_many(mailbox, plan, [done.info for done in deleting])
+        seeing = [done.info.number for done in waiting if done.on_server is OnServer.MARK_SEEN]
+        if seeing:
+            await mailbox.mark_seen_many(seeing)
+        for done in waiting:
+            self._say_done(done, total, flushed=done.info.number in flushed)
+
+    async def _give_up_waiting(self, total: int) -> None:
+        """A session that failed with messages delivered: their records are made durable (the
+        next poll deletes them without delivering them again) and they are said not flushed."""
+        waiting, self._waiting = self._waiting, []
+        if self.store is not None:
+            with contextlib.suppress(PyfetchError):  # the session's own error is the one told
+                await self.store.sync()
+        for done in waiting:
+            self._say_done(done, total, flushed=False)
+
+    def _say_done(self, done: _Done, total: int, *, flushed: bool) -> None:
+        user, server, info = self.user, self.server, done.info
         # fetchmail names the message by the server's true name, the count by poll name
-        self.reporter.message_read(
-            user.remote, server.queryname, info.shown_as, total, info.size,
-            flushed=flushed, header_octets=got.header_octets,
-        )
+        if done.skipped is not None:
+            self.reporter.message_skipped(
+                user.remote, server.queryname, info.shown_as, info.size, done.skipped,
+                flushed=flushed,
+            )
+        else:
+            self.reporter.message_read(
+                user.remote, server.queryname, info.shown_as, total, info.size,
+                flushed=flushed, header_octets=done.header_octets,
+            )
+
+    async def _delete_many(
+        self, mailbox: ThreadedMailbox, plan: SessionPlan, infos: list[MessageInfo]
+    ) -> set[int]:
+        """Delete on the server, all at once; the numbers the server took. A refusal (IMAP NO
+        on STORE, POP3 -ERR) is reported and the poll goes on, so that an undeletable message
+        cannot block the mailbox; its UID stays recorded, so it is never delivered twice. A
+        reply that could not be read at all has dropped the connection: that ends the session.
+        """
+        if not infos:
+            return set()
+        try:
+            taken = await mailbox.delete_many([info.number for info in infos])
+        except ProtocolError as err:
+            if not mailbox.connected:
+                raise
+            shown = ", ".join(str(info.shown_as) for info in infos)
+            self.reporter.error(f"could not delete message {shown}: {err.message}")
+            return set()
+        flushed = set()
+        for info, ok in zip(infos, taken, strict=True):
+            if ok:
+                plan.deleted(info)
+                flushed.add(info.number)
+            else:
+                self.reporter.error(f"could not delete message {info.shown_as}")
+        return flushed
 
     async def _record(
         self, store: StoreService, uid: str, identity: Identity, step: Step, got: _Fetched,
@@ -351,7 +471,8 @@ class AccountPoll:
             await store.record_partial(self.key, uid, identity, have_it)
         elif step.record is not Record.NOTHING:
             await store.record(
-                self.key, uid, delete_pending=step.record is Record.DELIVERED, identity=identity
+                self.key, uid, delete_pending=step.record is Record.DELIVERED, identity=identity,
+                durable=False,  # _settle makes it durable, with the others, before any delete
             )
 
     def _say_refusal(self, got: _Fetched) -> None:
@@ -375,21 +496,6 @@ class AccountPoll:
         if self.user.bsmtp is not None or self.user.mda is not None:
             return ""
         return "LMTP" if self.user.lmtp else "SMTP"
-
-    async def _delete(self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo) -> bool:
-        """Delete on the server; a refusal (IMAP NO on STORE, POP3 -ERR) is reported and the
-        poll goes on with the next message, so that one undeletable message cannot block the
-        mailbox. Its UID stays recorded, so it is never delivered twice. A reply that could not
-        be read at all has dropped the connection: that ends the session."""
-        try:
-            await mailbox.delete(info.number)
-        except ProtocolError as err:
-            if not mailbox.connected:
-                raise
-            self.reporter.error(f"could not delete message {info.shown_as}: {err.message}")
-            return False
-        plan.deleted(info)
-        return True
 
     async def _bounce(self, delivery: Delivery, envelope: Envelope | None, header: bytes) -> bool:
         """Tell the sender (or the postmaster) before a refused message is dropped; False if
@@ -460,6 +566,48 @@ class AccountPoll:
             await self._sink.close()
             self._sink = None
         return _Fetched(delivery, envelope, message.header, header_octets)
+
+
+# Messages delivered, or octets, after which their deletions go to the server together.
+BATCH = 64
+BATCH_OCTETS = 16 << 20
+
+
+@dataclass
+class _Done:
+    """A message delivered and recorded, waiting for its turn on the server."""
+
+    info: MessageInfo
+    on_server: OnServer
+    header_octets: int | None  # IMAP's header size, for its progress line
+    skipped: str | None  # a `skipping message` line's reason (found delivered before), or None
+
+
+@dataclass
+class _Ahead:
+    """A message being read on the connection's thread while another is delivered."""
+
+    info: MessageInfo
+    spool: BinaryIO
+    task: asyncio.Task[int]
+
+    @classmethod
+    def start(cls, mailbox: ThreadedMailbox, info: MessageInfo, *, peek: bool) -> _Ahead:
+        spool = _spool()
+        task = asyncio.ensure_future(mailbox.retrieve(info.number, spool, peek=peek))
+        return cls(info, spool, task)
+
+    def drop(self) -> None:
+        """Not wanted after all (the session ends): the thread finishes the read on its own
+        (its connection is closing); what it read is thrown away."""
+        self.task.cancel()
+        self.task.add_done_callback(_quietly)
+        self.spool.close()
+
+
+def _quietly(task: asyncio.Task[int]) -> None:
+    if not task.cancelled():
+        task.exception()  # a read given up on may fail: nobody waits for its outcome
 
 
 @dataclass

@@ -111,6 +111,7 @@ class UidStore:
         self._accounts: dict[str, _Account] = {}
         self._foreign: list[str] = []  # lines we do not understand, kept verbatim
         self._journal: int | None = None  # file descriptor, opened on first use
+        self._unsynced = False  # lines written to the journal and not yet fsynced
 
     # -- loading -----------------------------------------------------------------------
 
@@ -197,13 +198,17 @@ class UidStore:
     # -- changes (each durable before it returns) ----------------------------------------
 
     def record(
-        self, key: str, uid: str, *, delete_pending: bool, identity: Identity | None = None
+        self, key: str, uid: str, *, delete_pending: bool, identity: Identity | None = None,
+        durable: bool = True,
     ) -> None:
-        """A message was accepted by the MTA. Durable before returning: call it before DELE.
-        A pending deletion should carry the message's identity, or a later poll that finds it
-        still on the server delivers it again rather than delete it unseen."""
+        """A message was accepted by the MTA. Durable before returning (call it before DELE),
+        unless `durable` is False: then the line is written (a killed process loses nothing
+        written) and sync() makes it durable, so that one fsync covers several messages; no
+        deletion may come before that sync(). A pending deletion should carry the message's
+        identity, or a later poll that finds it still on the server delivers it again rather
+        than delete it unseen."""
         line = _delivered_line(key, uid, identity) if delete_pending else f"seen {key} {uid}"
-        self._append(line + "\n")
+        self._append(line + "\n", sync=durable)
         self._add(key, uid, delivered=delete_pending, identity=identity)
 
     def record_partial(
@@ -247,9 +252,21 @@ class UidStore:
         if account is not None:
             self.expunged(key, account.seen | set(account.partial))
 
-    def _append(self, text: str) -> None:
-        """Append to the journal and fsync; raises LocalError (exit 6) unless all of it is
-        on disk, so that no deletion follows a record that did not reach it."""
+    def sync(self) -> None:
+        """Make every line written so far durable (one fsync for all of them)."""
+        if not self._unsynced or self._journal is None:
+            return
+        try:
+            os.fsync(self._journal)
+        except OSError as err:
+            self.close()
+            raise _unwritable(self.journal_path, err) from None
+        self._unsynced = False
+
+    def _append(self, text: str, *, sync: bool = True) -> None:
+        """Append to the journal and fsync (or leave the fsync to sync()); raises LocalError
+        (exit 6) unless all of it is written, so that no deletion follows a record that did
+        not reach the disk."""
         data = text.encode("utf-8", "surrogateescape")
         start = None
         try:
@@ -259,7 +276,10 @@ class UidStore:
             written = 0
             while written < len(data):  # os.write may write less than asked (a full disk)
                 written += os.write(self._journal, data[written:])
-            os.fsync(self._journal)
+            self._unsynced = True
+            if sync:
+                os.fsync(self._journal)
+                self._unsynced = False
         except OSError as err:
             if self._journal is not None and start is not None:
                 # cut off what part of it did get written: the next record must not continue
@@ -301,8 +321,12 @@ class UidStore:
 
     def close(self) -> None:
         if self._journal is not None:
+            if self._unsynced:
+                with contextlib.suppress(OSError):  # best effort: nothing waits for it now
+                    os.fsync(self._journal)
             os.close(self._journal)
             self._journal = None
+        self._unsynced = False
 
 
 def _split_identity(value: str) -> tuple[str, Identity | None]:
@@ -425,13 +449,17 @@ class StoreService:
         return await self._worker.call(self.store.keys_starting, prefix)
 
     async def record(
-        self, key: str, uid: str, *, delete_pending: bool, identity: Identity | None = None
+        self, key: str, uid: str, *, delete_pending: bool, identity: Identity | None = None,
+        durable: bool = True,
     ) -> None:
         await self._worker.call(
             lambda: self.store.record(
-                key, uid, delete_pending=delete_pending, identity=identity
+                key, uid, delete_pending=delete_pending, identity=identity, durable=durable
             )
         )
+
+    async def sync(self) -> None:
+        await self._worker.call(self.store.sync)
 
     async def record_partial(
         self, key: str, uid: str, identity: Identity, recipients: Iterable[str]

@@ -332,3 +332,47 @@ def test_a_verified_stranger_adds_to_the_fetches_of_earlier_sessions() -> None:
     plan.next()
     plan.verified(False)
     assert plan.fetched == 4
+
+
+@pytest.mark.parametrize(
+    ("actions", "policy", "expected"),
+    [
+        ([F, F], PLAIN, "F2"),  # after F1, the next fetches 2
+        ([F, SEEN, SEEN, F], PLAIN, "F4"),  # seen ones are passed over
+        ([F, DD], PLAIN, "V2"),
+        ([F, FL, F], PLAIN, None),  # a removal comes first
+        ([F, BIGX, F], PLAIN, None),  # a skip line comes first
+        ([F, F], Policy(fetchlimit=1), None),  # the limit is reached
+        ([F], PLAIN, None),
+    ],
+)
+def test_peek_names_the_next_message_to_fetch_without_moving_on(
+    actions: list[Action], policy: Policy, expected: str | None
+) -> None:
+    decisions = [Decision(m, a, C if a is DD else None) for m, a in zip(M, actions, strict=False)]
+    plan = SessionPlan(decisions, policy)
+    assert plan.next() == Fetch(M[0])
+    peeked = plan.peek()
+    assert (_short(peeked) if peeked is not None else None) == expected
+    assert plan.peek() == peeked and plan.fetched == 1  # nothing changed
+    if peeked is not None:
+        assert plan.next() == peeked
+
+
+def test_peek_waits_for_a_due_expunge() -> None:
+    plan = SessionPlan([Decision(m, F) for m in M[:3]], PLAIN, expunge=1)
+    first = plan.next()
+    assert isinstance(first, Fetch)
+    plan.deleted(first.message)
+    assert plan.peek() is None and plan.next() == Expunge()
+
+
+def test_an_orphan_record_asks_a_message_of_its_size_to_prove_itself() -> None:
+    """After a UIDVALIDITY change: a message delivered under the old one may be there still,
+    under a new UID. One of the same size is fetched and compared; others are new."""
+    orphan = Identity(5000, "o" * 32)
+    decisions = plan_mailbox(LISTING, set(), Policy(), {}, orphans=[orphan])
+    assert [d.action for d in decisions] == [F, DD, F, F]
+    assert decisions[1].expect == orphan
+    kept = plan_mailbox(LISTING, set(), Policy(keep=True), {}, orphans=[orphan])
+    assert [d.action for d in kept] == [F, F, F, F]  # keep: nothing is deleted anyway

@@ -73,6 +73,12 @@ class AutoDriver:
     def mark_seen(self, number: int) -> None:
         self._chosen.mark_seen(number)
 
+    def delete_many(self, numbers: list[int]) -> list[bool]:
+        return self._chosen.delete_many(numbers)
+
+    def mark_seen_many(self, numbers: list[int]) -> None:
+        self._chosen.mark_seen_many(numbers)
+
     def expunge(self) -> bool:
         return self._chosen.expunge()
 

@@ -58,6 +58,14 @@ class MailboxDriver(Protocol):
     def delete(self, number: int) -> None:
         """Mark message `number` for deletion; it is gone only after `commit()`."""
 
+    def delete_many(self, numbers: list[int]) -> list[bool]:
+        """Mark several messages for deletion at once (one IMAP UID STORE; POP3 DELEs in one
+        write where the server pipelines): for each, whether the server took it. A refusal
+        of the whole command raises ProtocolError with the connection still usable."""
+
+    def mark_seen_many(self, numbers: list[int]) -> None:
+        """mark_seen() for several messages at once."""
+
     def mark_seen(self, number: int) -> None:
         r"""Mark message `number` read on the server, where the protocol can (IMAP \Seen);
         POP3 has no flags and records the UID instead."""

@@ -468,12 +468,20 @@ class ImapDriver(Endpoint):
             imap.max_literal = MAX_LITERAL
 
     def delete(self, number: int) -> None:
-        self._store(number, [DELETED, SEEN])
-        self._deleted.add(number)
+        self.delete_many([number])
+
+    def delete_many(self, numbers: list[int]) -> list[bool]:
+        """One UID STORE for all of them: the server takes or refuses the command whole."""
+        self._store(numbers, [DELETED, SEEN])
+        self._deleted.update(numbers)
+        return [True] * len(numbers)
 
     def mark_seen(self, number: int) -> None:
         """Flag message `number` \\Seen (after delivery, when it is kept)."""
-        self._store(number, [SEEN])
+        self._store([number], [SEEN])
+
+    def mark_seen_many(self, numbers: list[int]) -> None:
+        self._store(numbers, [SEEN])
 
     def expunge(self) -> bool:
         """Remove the messages flagged \\Deleted in this session: only those with UIDPLUS
@@ -903,14 +911,17 @@ class ImapDriver(Endpoint):
         if number < 1:
             raise ValueError(f"UIDs start at 1, not {number}")
 
-    def _store(self, number: int, flags: list[bytes]) -> None:
+    def _store(self, numbers: list[int], flags: list[bytes]) -> None:
         conn = self._require_connection()
-        self._check_number(number)
+        for number in numbers:
+            self._check_number(number)
         if self.read_only:
             # EXAMINE: servers may answer OK to a STORE and change nothing (Dovecot does).
             raise RuntimeError("ImapDriver: flags cannot be changed in a read-only session")
+        if not numbers:
+            return
         with self._wire("UID STORE"):
-            conn.add_flags([number], flags, silent=True)
+            conn.add_flags(numbers, flags, silent=True)
 
     @contextlib.contextmanager
     def _wire(self, what: str, *, auth: bool = False) -> Iterator[None]:

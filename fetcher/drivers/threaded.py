@@ -63,6 +63,12 @@ class ThreadedMailbox:
     async def mark_seen(self, number: int) -> None:
         await self._worker.call(self.driver.mark_seen, number)
 
+    async def delete_many(self, numbers: list[int]) -> list[bool]:
+        return await self._worker.call(self.driver.delete_many, numbers)
+
+    async def mark_seen_many(self, numbers: list[int]) -> None:
+        await self._worker.call(self.driver.mark_seen_many, numbers)
+
     async def expunge(self) -> bool:
         return await self._worker.call(self.driver.expunge)
 
