@@ -9,22 +9,24 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from fetcher import lock, logsetup, rcfile, tomlconfig, trace
-from fetcher.config import Config, Environment, Overrides, build
-from fetcher.configdump import configdump_json
-from fetcher.credentials import resolve_passwords
-from fetcher.daemon import detach
-from fetcher.describe import write_version
+from fetcher import logsetup, rcfile
+from fetcher.config import Config, Environment, Overrides, build, is_toml_path
 from fetcher.errors import ConfigError, PermissionsError, PyfetchError, RcSyntaxError
 from fetcher.exitcodes import ExitCode
-from fetcher.features import unsupported
 from fetcher.gcpause import paused_gc
 from fetcher.options import HELP_TEXT, CommandLine, UsageError, parse_args
-from fetcher.report import Reporter
-from fetcher.run import DEFAULT_PARALLEL, Run
+
+if TYPE_CHECKING:
+    from fetcher import lock
+
+# What only some runs need is imported where it is used, not here: `pyfetch -V` and a
+# configuration error need neither the run loop, nor the drivers and sinks (IMAP and SMTP
+# libraries, asyncio, TLS), nor the lock; a POP3-only poll needs no TOML parser; nothing but
+# --configdump needs its writer. Starting the interpreter and importing are most of what a
+# short run costs (cron, ip-up hooks).
 
 PROG = "pyfetch"
 
@@ -45,7 +47,9 @@ def _rcfile_path(cmd: CommandLine, env: Environment) -> str:
 def _load_config(cmd: CommandLine, env: Environment) -> Config:
     path = _rcfile_path(cmd, env)
     secure = not cmd.version
-    if tomlconfig.is_toml_path(path):
+    if is_toml_path(path):
+        from fetcher import tomlconfig
+
         tree = tomlconfig.load(path, secure=secure)
     else:
         tree = rcfile.load(path, secure=secure)
@@ -72,6 +76,8 @@ def run(cmd: CommandLine) -> ExitCode:
     if cmd.version:
         with paused_gc():
             config = _load_config(cmd, env)
+        from fetcher.describe import write_version
+
         write_version(config, cmd.verbose, _outputs(cmd, config))
         return ExitCode.SUCCESS
     if cmd.quit:
@@ -82,11 +88,26 @@ def run(cmd: CommandLine) -> ExitCode:
         sys.stderr.write(f"{warning}\n")
     if cmd.configdump:
         if cmd.dump_format == "toml":
+            from fetcher import tomlconfig
+
             sys.stdout.write(tomlconfig.dumps_config_source(_rcfile_path(cmd, env)))
         else:
+            from fetcher.configdump import configdump_json
+
             sys.stdout.write(configdump_json(config))
         return ExitCode.SUCCESS
     _check_pollable(config)
+    return _poll(cmd, env, config)
+
+
+def _poll(cmd: CommandLine, env: Environment, config: Config) -> ExitCode:
+    """Take the lock, ask for passwords, detach a daemon, and run."""
+    from fetcher import lock, trace
+    from fetcher.credentials import resolve_passwords
+    from fetcher.daemon import detach
+    from fetcher.report import Reporter
+    from fetcher.run import Run
+
     interval = config.globals.poll_interval
     claimed = lock.claim(
         config.globals.pidfile or env.default_pidfile, _lock_request(cmd), interval,
@@ -110,7 +131,7 @@ def run(cmd: CommandLine) -> ExitCode:
         try:
             return Run(
                 config, reporter, check_only=cmd.check,
-                parallel=cmd.parallel or DEFAULT_PARALLEL,
+                parallel=cmd.parallel,
                 reload=functools.partial(_reload, cmd, env),
             ).execute()
         except Exception as err:  # what ends the run is said where its other lines went
@@ -123,6 +144,8 @@ def run(cmd: CommandLine) -> ExitCode:
 
 def _check_pollable(config: Config) -> None:
     """Refuse a configuration with nothing to poll, or with a feature pyfetch will not do."""
+    from fetcher.features import unsupported
+
     accounts = config.selected_accounts()
     if not accounts:
         raise ConfigError("no mailservers have been specified.")
@@ -133,6 +156,8 @@ def _check_pollable(config: Config) -> None:
 
 def _lock_request(cmd: CommandLine) -> lock.Request:
     """What the pidfile lock weighs: -v and -s alone still wake a daemon, as in fetchmail."""
+    from fetcher import lock
+
     return lock.Request(
         quit=cmd.quit,
         check=cmd.check,
@@ -148,6 +173,8 @@ _HARMLESS_OPTIONS = frozenset({"v", "s", "q"})
 def _quit(cmd: CommandLine, env: Environment) -> ExitCode:
     """`-q`: stop the pyfetch (or fetchmail) holding the pidfile. Never polls. The rcfile is
     read only for its `set pidfile`; a broken one does not keep a daemon from being stopped."""
+    from fetcher import lock
+
     path = cmd.global_overrides.get("pidfile")
     if not isinstance(path, str):
         try:
@@ -163,6 +190,8 @@ def _quit(cmd: CommandLine, env: Environment) -> ExitCode:
 def _reload(cmd: CommandLine, env: Environment, previous: Config) -> Config:
     """The rcfile read again for a running daemon: the same command line, no prompting
     (passwords asked for at the start are kept). Raises PyfetchError if it cannot be used."""
+    from fetcher.credentials import resolve_passwords
+
     with paused_gc():
         config = _load_config(cmd, env)
     _check_pollable(config)
@@ -212,6 +241,8 @@ def _failure(err: Exception) -> tuple[str, ExitCode]:
         return f"{PROG}: {err.message}", err.exit_code
     # A bug in pyfetch: say where, with fetchmail's "internal" code. The exception's own text
     # is left out: it could quote a password.
+    import traceback
+
     frame = traceback.extract_tb(err.__traceback__)[-1]
     where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
     if os.environ.get("PYFETCH_DEBUG"):

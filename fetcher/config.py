@@ -26,7 +26,9 @@ from fetcher.errors import ConfigError, LocalError, PermissionsError
 from fetcher.exitcodes import ExitCode
 from fetcher.model import Config, GlobalOptions, LocalName, ServerOptions, UserOptions
 
-__all__ = ["Config", "Environment", "Overrides", "build", "resolve_paths", "service_port"]
+__all__ = [
+    "Config", "Environment", "Overrides", "build", "is_toml_path", "resolve_paths", "service_port",
+]
 from fetcher.rcfile.parser import (
     KPOP_SERVICE,
     LIST_FIELDS,
@@ -137,6 +139,12 @@ class Overrides:
     @classmethod
     def none(cls) -> Overrides:
         return cls({}, {}, {})
+
+
+def is_toml_path(path: str) -> bool:
+    """A configuration file in TOML (fetcher.tomlconfig) rather than an rcfile. Decided here,
+    from the name alone, so that reading an rcfile never loads the TOML reader."""
+    return path.endswith(".toml")
 
 
 def resolve_paths(options: Options, rcfile: str | None) -> None:

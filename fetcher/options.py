@@ -870,9 +870,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
         pyfetch_only=True,
         help="poll up to n mailboxes at once (1: one after the other)",
         man="""
-            pyfetch's own: poll at most *n* mailboxes at once (default 4, and never more than
-            4 against one server host). `--parallel 1` polls them one after the other in rcfile
-            order, as fetchmail does.
+            pyfetch's own: poll at most *n* mailboxes at once, and at most *n* against one
+            server host. Without it, 4 at once and 4 against one host, so that many accounts
+            on one ISP do not run into its connection limit. `--parallel 1` polls them one
+            after the other in rcfile order, as fetchmail does.
         """,
     ),
     OptionSpec(

@@ -6,7 +6,9 @@ watches and the daemon's timer are peers. What to poll when, and what a failure 
 decided by fetcher.schedule; one poll of one folder is fetcher.session's AccountPoll.
 
 - Polls of different mailboxes run side by side, at most `parallel` at once and at most
-  PER_HOST at once against one server host; two polls of the same mailbox never overlap.
+  PER_HOST at once against one server host (or `parallel`, when the user asked for a
+  number: an ISP polling its own server knows what it can take); two polls of the same
+  mailbox never overlap.
   Each poll's lines come out whole (fetcher.console).
 - SIGTERM, SIGINT and SIGQUIT stop the run: no new message is started, the message in hand is
   delivered and recorded (or left on the server), sessions end cleanly so that deletions take
@@ -137,14 +139,15 @@ class Run:
         reporter: Reporter,
         *,
         check_only: bool = False,
-        parallel: int = DEFAULT_PARALLEL,
+        parallel: int | None = None,
         reload: Reload | None = None,
         factories: Factories | None = None,
     ) -> None:
         self.config = config
         self.reporter = reporter
         self.check_only = check_only
-        self.parallel = max(parallel, 1)
+        self.parallel = max(parallel or DEFAULT_PARALLEL, 1)
+        self.per_host = self.parallel if parallel else min(PER_HOST, self.parallel)
         self.reload = reload
         self.factories = factories or Factories()
         self.daemon = config.globals.poll_interval if not check_only else 0
@@ -314,7 +317,7 @@ class Run:
         docstring). Its failure is reported here, with the poll's other lines, unless a
         daemon said the same failure before; a daemon's timed poll is then scheduled again."""
         lock = self._mailbox_locks.setdefault(mailbox.identity, asyncio.Lock())
-        host = self._hosts.setdefault(mailbox.identity[1], asyncio.Semaphore(PER_HOST))
+        host = self._hosts.setdefault(mailbox.identity[1], asyncio.Semaphore(self.per_host))
         async with lock, self._slots, host:
             if self._stopping.is_set():
                 return ExitCode.NOMAIL

@@ -29,7 +29,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from fetcher.config import resolve_paths
+from fetcher.config import is_toml_path, resolve_paths
 from fetcher.errors import ConfigError
 from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.rcfile import check_permissions
@@ -76,10 +76,6 @@ def _kinds(cls: type[Any]) -> dict[str, str]:
 GLOBAL_KEYS = _kinds(GlobalOptions)
 SERVER_KEYS = {**_kinds(ServerOptions), "envelope": _ENVELOPE}
 USER_KEYS = _kinds(UserOptions)
-
-
-def is_toml_path(path: str) -> bool:
-    return path.endswith(".toml")
 
 
 class _Where:

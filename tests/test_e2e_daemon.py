@@ -498,6 +498,30 @@ def test_parallel_1_polls_one_account_after_the_other(
         assert run.proc.wait(timeout=DEADLINE) == 0
 
 
+def test_at_most_4_polls_at_once_against_one_host_unless_parallel_says_more(
+    home: Path, smtpd: SMTPServer, start: Callable[..., Running],
+) -> None:
+    with FakePop3Server(silent=[SILENT_GREETING]) as mute:
+        # six mailboxes on one server that never greets; the first gives up after a second
+        users = [f"user{n}" for n in range(6)]
+        write_rcfile(home, "".join(
+            fake(mute, smtpd, user, timeout=1 if n == 0 else 60) for n, user in enumerate(users)
+        ))
+        run = start()
+        run.wait_for("a fifth connection", lambda: mute.sessions == 5)
+        # the fifth poll could begin only once the first had given up on the host
+        assert "timeout after 1 seconds waiting for server fake.isp.net" in run.err.read_text()
+        run.stop()
+    with FakePop3Server(silent=[SILENT_GREETING]) as mute:
+        write_rcfile(home, "".join(
+            fake(mute, smtpd, user, timeout=60) for user in users
+        ))
+        run = start("--parallel", "6")
+        run.wait_for("six connections at once", lambda: mute.sessions == 6)
+        assert "timeout" not in run.err.read_text()
+        run.stop()
+
+
 def test_silent_daemon_says_nothing_but_errors(
     home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer,
     start: Callable[..., Running],
