@@ -35,8 +35,6 @@ name, or journald's /run/systemd/journal/dev-log where /dev/log is missing.
 from __future__ import annotations
 
 import contextlib
-import logging
-import logging.handlers
 import os
 import socket
 import stat
@@ -45,7 +43,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fetcher.console import Console, Sink, Stream, Terminal
+from fetcher.console import Console, Sink, Stream, Terminal, writes_to_file
 from fetcher.model import GlobalOptions
 
 PROG = "pyfetch"
@@ -152,43 +150,64 @@ def plan(
     )
 
 
+# How late a progress line written to a file may be flushed (fetcher.console): long enough to
+# gather the dozen lines a verbose poll writes per message into one write, short enough that
+# a daemon's logfile, or a pipe somebody watches, still shows them as they happen.
+FLUSH_DELAY = 0.05
+
+
 def open_console(outputs: Outputs) -> Console:
     """The run's console, writing where `outputs` says. Call it once the run is what it will
     be: after detaching, so that syslog's tag carries the daemon's PID."""
-    terminal = Terminal(sys.stdout, sys.stderr)
+    terminal = Terminal(sys.stdout, sys.stderr)  # for warnings and as the last resort
     last_resort = _LastResort(terminal)
     if outputs.logfile is not None:
         try:
             logfile = Logfile(outputs.logfile, timestamps=outputs.timestamps,
-                              fallback=_LazySyslog(outputs.socket, last_resort))
+                              fallback=_LazySyslog(outputs.socket, last_resort), buffered=True)
         except OSError as err:  # fetchmail's words, and it goes on with the terminal
             terminal.emit("err", f"{PROG}: could not open {outputs.logfile} to append logs to "
                                  f"({err.strerror})\n")
-            return Console(sinks=[terminal])
+            return _terminal_console()
         if not outputs.detached:
             # as fetchmail's freopen(): what else the run writes (an MDA's complaints, BSMTP
             # to "-") goes to the logfile too; a daemon's output was pointed there on detaching
             logfile.take_standard_output()
-        return Console(sinks=[logfile])
+        return Console(sinks=[logfile], flush_delay=FLUSH_DELAY)
     if outputs.uses_syslog:
         if outputs.syslog and not outputs.detached:
             reason = unreachable(outputs.socket)
             if reason is not None:
                 terminal.emit("err", f"{PROG}: syslog cannot be reached at {outputs.socket} "
                                      f"({reason}): writing to the terminal instead.\n")
+        # one datagram per line whatever is done: nothing to gather
         return Console(sinks=[Syslog(outputs.socket, last_resort,
                                      errors_only=outputs.errors_to_syslog)])
-    return Console(sinks=[terminal])
+    return _terminal_console()
+
+
+def _terminal_console() -> Console:
+    """The terminal as the console's sink: gathering lines where stdout is a file or a pipe,
+    every line at once on a tty."""
+    if writes_to_file(sys.stdout):
+        return Console(sinks=[Terminal(sys.stdout, sys.stderr, buffered=True)],
+                       flush_delay=FLUSH_DELAY)
+    return Console(sinks=[Terminal(sys.stdout, sys.stderr)])
 
 
 class Logfile:
-    """fetchmail's logfile, appended to line by line (O_APPEND: the lines of an MDA writing to
-    the same file are never overwritten)."""
+    """fetchmail's logfile, appended to a line, or with `buffered` the lines gathered until
+    flush(), at a time (O_APPEND, and each write whole lines: the lines of an MDA writing to
+    the same file are never overwritten nor cut into)."""
 
-    def __init__(self, path: str, *, timestamps: bool, fallback: Sink) -> None:
+    def __init__(
+        self, path: str, *, timestamps: bool, fallback: Sink, buffered: bool = False
+    ) -> None:
         self.path = path
         self.timestamps = timestamps
         self.fallback = fallback
+        self.buffered = buffered
+        self._held: list[tuple[Stream, str, bytes]] = []  # what emit() kept, and its octets
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
 
     def take_standard_output(self) -> None:
@@ -199,17 +218,32 @@ class Logfile:
 
     def emit(self, stream: Stream, text: str) -> None:
         lines = text
-        if self.timestamps:
+        if self.timestamps:  # the time the line was written, not the time it was flushed
             stamp = _syslog_time(time.time())
             lines = "".join(f"{stamp} {line}\n" for line in text.splitlines())
-        data = lines.encode("utf-8", "replace")
+        self._held.append((stream, text, lines.encode("utf-8", "replace")))
+        if not self.buffered or stream == "err":
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        data = b"".join(octets for _, _, octets in held)
+        written = 0
         try:
-            while data:
-                data = data[os.write(self._fd, data):]
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
         except OSError:
-            self.fallback.emit(stream, text)  # syslog gives them a time of its own
+            # each line not wholly written goes to the fallback, as a line written alone would
+            end = 0
+            for stream, text, octets in held:
+                end += len(octets)
+                if end > written:
+                    self.fallback.emit(stream, text)  # syslog gives them a time of its own
 
     def close(self) -> None:
+        self.flush()
         os.close(self._fd)
         self.fallback.close()
 
@@ -219,41 +253,50 @@ class Syslog:
     form syslog(3) gives them: `<19>Nov 30 14:13:23 pyfetch[4242]: MESSAGE`."""
 
     def __init__(self, path: str, fallback: Sink, *, errors_only: bool = False) -> None:
-        self.handler = _SyslogHandler(path)
+        # logging is loaded here, by the runs that write to syslog, not by every start
+        import logging
+        import logging.handlers
+
+        class Handler(logging.handlers.SysLogHandler):
+            def __init__(self, path: str) -> None:
+                super().__init__(address=path, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+                self.append_nul = False  # syslog(3) sends none
+                self.failed = False
+
+            def format(self, record: logging.LogRecord) -> str:
+                # The header syslog(3) writes before the message; SysLogHandler writes none.
+                return (f"{_syslog_time(record.created)} {PROG}[{record.process}]: "
+                        f"{record.getMessage()}")
+
+            def handleError(self, record: logging.LogRecord) -> None:
+                # Not the standard traceback on stderr: the line goes to the fallback instead.
+                self.failed = True
+
+        self.handler = Handler(path)
+        self._record = logging.LogRecord
+        self._levels = {"err": logging.ERROR, "out": logging.INFO}
         self.fallback = fallback
         self.errors_only = errors_only
 
     def emit(self, stream: Stream, text: str) -> None:
         if self.errors_only and stream != "err":
             return
-        level = logging.ERROR if stream == "err" else logging.INFO
+        level = self._levels[stream]
         for line in text.splitlines():
             if not line.strip():
                 continue
             message = line.removeprefix(f"{PROG}: ")  # the tag names the program
-            record = logging.LogRecord(PROG, level, __file__, 0, message, None, None)
+            record = self._record(PROG, level, __file__, 0, message, None, None)
             self.handler.failed = False
             self.handler.handle(record)
             if self.handler.failed:
                 self.fallback.emit(stream, line + "\n")
 
+    def flush(self) -> None:
+        pass  # each line went as a datagram of its own
+
     def close(self) -> None:
         self.handler.close()
-
-
-class _SyslogHandler(logging.handlers.SysLogHandler):
-    def __init__(self, path: str) -> None:
-        super().__init__(address=path, facility=logging.handlers.SysLogHandler.LOG_MAIL)
-        self.append_nul = False  # syslog(3) sends none
-        self.failed = False
-
-    def format(self, record: logging.LogRecord) -> str:
-        # The header syslog(3) writes before the message; SysLogHandler itself writes none.
-        return f"{_syslog_time(record.created)} {PROG}[{record.process}]: {record.getMessage()}"
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        # Not the standard traceback on stderr: the line goes to the fallback instead.
-        self.failed = True
 
 
 class _LazySyslog:
@@ -268,6 +311,9 @@ class _LazySyslog:
         if self._syslog is None:
             self._syslog = Syslog(self.path, self.fallback)
         self._syslog.emit(stream, text)
+
+    def flush(self) -> None:
+        pass  # Syslog holds nothing
 
     def close(self) -> None:
         if self._syslog is not None:
@@ -284,6 +330,9 @@ class _LastResort:
     def emit(self, stream: Stream, text: str) -> None:
         with contextlib.suppress(OSError):
             self.terminal.emit(stream, text)
+
+    def flush(self) -> None:
+        pass  # the terminal it writes to flushes every line
 
     def close(self) -> None:
         pass

@@ -68,6 +68,8 @@ class Reporter:
     def message_count(
         self, user: str, server: str, count: int, seen: int, octets: int | None
     ) -> None:
+        if self.silent:  # nothing is formatted for a line that is not shown
+            return
         seen_part = f" ({seen} seen)" if seen else ""
         size = f" ({octets} octets)" if octets is not None else ""
         self._progress(f"{_plural(count, 'message')}{seen_part} for {user} at {server}{size}.")
@@ -81,6 +83,8 @@ class Reporter:
         header_octets: int | None = None,
     ) -> None:
         """With `header_octets` (IMAP), the sizes of header and body, as fetchmail shows them."""
+        if self.silent:
+            return
         result = "flushed" if flushed else "not flushed"
         if header_octets is None:
             size = f"({octets} octets)"
@@ -91,6 +95,8 @@ class Reporter:
     def message_skipped(
         self, user: str, server: str, number: int, octets: int, reason: str, flushed: bool
     ) -> None:
+        if self.silent:
+            return
         reason_part = f" ({reason})" if reason else ""
         result = " flushed" if flushed else " not flushed"
         self._progress(

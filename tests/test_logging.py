@@ -177,6 +177,24 @@ def test_a_single_run_writes_to_the_logfile_and_not_to_the_terminal_as_fetchmail
         assert text.startswith(f"{program}: "), text
 
 
+def test_an_mdas_words_in_the_logfile_come_after_the_lines_before_it(
+    home: Path, logfile: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    """The run gathers its lines before writing them to a file; an MDA writes to the same
+    file at once. What the run said before starting the MDA must not come after it."""
+    dovecot.seed("bob", [message(1), message(2)])
+    mda = f"mda 'echo the MDA speaks; cat >> {home}/mbox'"
+    write_rcfile(home, pop3(dovecot, test_ca, smtpd, options=mda))
+    result = run(home, "-v", "-L", str(logfile))
+    assert result.returncode == 0, result.stderr
+    lines = logfile.read_text().splitlines()
+    spoken = [n for n, line in enumerate(lines) if line == "the MDA speaks"]
+    asked = [n for n, line in enumerate(lines) if re.match(r"pyfetch: POP3> (TOP|RETR) 1\b", line)]
+    assert len(spoken) == 2 and len(asked) == 1, lines
+    assert asked[0] < spoken[0], "\n".join(lines)
+    assert (home / "mbox").read_text().count("Subject: idle") == 2
+
+
 @pytest.mark.usefixtures("need_fetchmail")
 @pytest.mark.parametrize(
     ("option", "warning"),

@@ -675,7 +675,8 @@ class Pop3Driver(Endpoint):
             )
         conn = self._require_connection()
         self._secrets.add(*secrets)  # before it goes out: the reply may echo it
-        trace.sent(PROTO, self._shown(line))
+        if trace.enabled():
+            trace.sent(PROTO, self._shown(line))
         with self._wire():
             conn.sock.sendall(line.encode("utf-8") + b"\r\n")
 
@@ -685,7 +686,8 @@ class Pop3Driver(Endpoint):
         for line in lines:
             if any(c in line for c in _FORBIDDEN_IN_COMMANDS):
                 raise ConfigError(f"{self.label}: refusing to send a line break or NUL")
-            trace.sent(PROTO, self._shown(line))
+            if trace.enabled():
+                trace.sent(PROTO, self._shown(line))
         with self._wire():
             conn.sock.sendall("".join(line + "\r\n" for line in lines).encode("utf-8"))
 
@@ -693,7 +695,8 @@ class Pop3Driver(Endpoint):
         self._secrets.add(*secrets)
         raw = self._read_line(MAX_REPLY_LINE, what="reply")
         line = raw.decode("utf-8", "replace")
-        trace.received(PROTO, self._shown(line))
+        if trace.enabled():
+            trace.received(PROTO, self._shown(line))
         for word, ok in (("+OK", True), ("-ERR", False)):
             if line.startswith(word) and (len(line) == len(word) or not line[len(word)].isalpha()):
                 return Reply(ok, line[len(word) :].strip(), line)

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from fetcher import trace
 from fetcher.errors import BsmtpError
 from fetcher.message import dot_stuff_chunks, read_chunks
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
@@ -89,7 +90,8 @@ class BsmtpSink:
     def _write_stdout(self, envelope: Envelope, message: Message) -> None:
         out: BinaryIO = sys.stdout.buffer
         try:
-            sys.stdout.flush()  # text already printed must come before the records
+            trace.flush_console()  # text already printed must come before the records
+            sys.stdout.flush()
             for piece in self.records(envelope, message):
                 out.write(piece)
             out.flush()

@@ -56,6 +56,9 @@ class MdaSink:
         command = mda_command(self._template, list(envelope.recipients), envelope.sender)
         # fetchmail shows this at -vv; the trace logger's DEBUG level is the closest we have.
         _console.debug("about to deliver with: %s", command)
+        # The MDA writes its complaints to our stdout (the logfile, when there is one): the
+        # lines we gathered so far go out first.
+        trace.flush_console()
         try:
             # A process group of its own, so that giving up on a message can stop the whole
             # pipeline the shell started, not just the shell (see below).
