@@ -30,11 +30,10 @@ from __future__ import annotations
 import enum
 import re
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import format_datetime
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from fetcher import __version__
 from fetcher.errors import ConfigError
@@ -77,6 +76,9 @@ BAD_HEADER_MESSAGE = "incorrect header line found - see manpage for bad-header o
 NUL_WARNING = b"X-Fetchmail-Warning: message has embedded NULs\r\n"
 
 
+_ENVELOPE_FIRST = (b"F", b"f", b">")
+
+
 class BadHeaderError(ValueError):
     """A header line is neither a field (no colon) nor a continuation, and the server is not
     set to `bad-header accept`: fetchmail refuses such a message."""
@@ -105,10 +107,8 @@ class HeaderField:
     @classmethod
     def parse(cls, raw: bytes) -> HeaderField:
         colon = raw.find(b":")
-        first_line_end = raw.find(b"\r\n")
-        if first_line_end == -1:
-            first_line_end = len(raw)
-        if colon == -1 or colon > first_line_end or raw[:1] in (b" ", b"\t"):
+        # no colon on the first line (a CRLF before it), or a continuation with nothing before
+        if colon == -1 or raw.find(b"\r\n", 0, colon) != -1 or raw[:1] in (b" ", b"\t"):
             return cls(raw, None)
         return cls(raw, raw[:colon].rstrip(_WSP).lower())
 
@@ -121,6 +121,8 @@ class HeaderField:
     @property
     def is_envelope_line(self) -> bool:
         """An mbox `From ` line or its escaped `>From ` form, which fetchmail drops."""
+        if self.raw[:1] not in _ENVELOPE_FIRST:  # nearly every field: no need to look further
+            return False
         low = self.raw[:6].lower()
         if not (low.startswith(b"from ") or low.startswith(b">from ")):
             return False
@@ -140,12 +142,21 @@ class RawHeader:
 
     def all(self, name: bytes) -> list[HeaderField]:
         """The fields called `name` (lower case), in message order."""
-        return [f for f in self.fields if f.name == name]
+        # A message's sender and body type ask for a dozen names: the fields are sorted by
+        # name once, on the first question, rather than looked through for each.
+        index: dict[bytes | None, list[HeaderField]] | None = self.__dict__.get("_by_name")
+        if index is None:
+            index = {}
+            for field in self.fields:
+                index.setdefault(field.name, []).append(field)
+            object.__setattr__(self, "_by_name", index)
+        return list(index.get(name, ()))
 
 
 def read_header(spool: BinaryIO, *, limit: int = MAX_HEADER_OCTETS) -> RawHeader:
     """Read the header block from the current position of `spool` and leave the file at the
-    first body byte.
+    first body byte. `spool` must be seekable: the header is read in blocks, and what was read
+    past its end is given back.
 
     - A line is ended by LF, with any CRs before it dropped; a line of nothing but CRs ends the
       header (fetchmail's `end_of_header`). A last line without LF counts as a line.
@@ -156,41 +167,70 @@ def read_header(spool: BinaryIO, *, limit: int = MAX_HEADER_OCTETS) -> RawHeader
     - More than `limit` octets before the blank line: the header ends after the last whole
       line that fits, the spool is put back at the start of the first line that did not fit,
       and that line and the rest are body. The message is still delivered, never dropped;
-      `edit_header` then adds the missing blank line. `spool` must be seekable for this.
+      `edit_header` then adds the missing blank line.
+
+    The header is found and split with a few searches over the whole block rather than line
+    by line: this runs for every message, and mail headers run to dozens of lines.
     """
-    fields: list[HeaderField] = []
-    current: list[bytes] = []
-    consumed = 0
-    had_nuls = separator = truncated = False
     start = spool.tell()
+    # A line end in front of the first line, so that a blank first line is found like any
+    # other: index i of `data` is octet i - 1 of the spool.
+    data = b"\n"
+    searched = 0  # where a blank line not found yet can start: at the last line end read
+    size = _FIRST_READ
     while True:
-        room = limit - consumed
-        line = spool.readline(room + 1)
-        if not line:
+        want = min(size, limit + 2 - len(data))  # never more than limit + 1 octets in all
+        chunk = spool.read(want)
+        data += chunk
+        found = _BLANK_LINE.search(data, searched)
+        if found is not None or len(chunk) < want or len(data) > limit + 1:
             break
-        if len(line) > room:
-            spool.seek(start + consumed)
-            truncated = True
-            break
-        consumed += len(line)
-        if b"\0" in line:
-            had_nuls = True
-            line = line.replace(b"\0", b"")
-        content = (line[:-1] if line.endswith(b"\n") else line).rstrip(b"\r")
-        if not content:
-            # only CRs before the LF: fetchmail's end of header; without the LF it is the
-            # end of the message, and the body is empty
-            separator = line.endswith(b"\n")
-            break
-        if content[:1] in (b" ", b"\t") and current:
-            current.append(content)
-            continue
-        if current:
-            fields.append(HeaderField.parse(b"\r\n".join(current)))
-        current = [content]
-    if current:
-        fields.append(HeaderField.parse(b"\r\n".join(current)))
-    return RawHeader(tuple(fields), separator, truncated, had_nuls, consumed)
+        searched = data.rfind(b"\n", searched)
+        size *= 2
+    read = len(data) - 1
+    separator = truncated = False
+    if found is not None and found.end() - 1 <= limit:
+        # the header's lines, then the blank line; the body starts after its LF
+        header_end, consumed, separator = found.start(), found.end() - 1, True
+    elif read <= limit and len(chunk) < want:
+        # the end of the message came first: everything is header; a last line without LF
+        # that holds nothing but CRs and NULs is a blank line all the same
+        consumed = read
+        last = data.rfind(b"\n")
+        tail = data[last + 1 :]
+        header_end = last if tail and not tail.strip(b"\r\0") else read
+    else:
+        # more than `limit` octets before the blank line: cut after the last whole line
+        truncated = True
+        header_end = consumed = max(data.rfind(b"\n", 0, limit + 1), 0)
+    spool.seek(start + consumed)
+    block = data[1 : header_end + 1]
+    had_nuls = b"\0" in data[1 : consumed + 1]
+    if had_nuls:
+        block = block.replace(b"\0", b"")
+    # every line ends in CRLF, then the last line end goes; a last line without LF loses its
+    # trailing CRs as the others do
+    if b"\r\r" in block:  # rare: a line end with several CRs
+        block = _LINE_END.sub(b"\r\n", block)
+    else:  # two plain replaces do the same much faster than the expression, octet by octet
+        block = block.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    block = block[:-2] if block.endswith(b"\r\n") else block.rstrip(b"\r")
+    if not block:
+        fields: tuple[HeaderField, ...] = ()
+    else:
+        # a field is its first line and the lines after it that start with a blank
+        parse = HeaderField.parse
+        fields = tuple([parse(raw) for raw in _FIELD_START.split(block)])
+    return RawHeader(fields, separator, truncated, had_nuls, consumed)
+
+
+# How much of a message `read_header` reads at first: most headers fit; a longer one is read
+# on in blocks twice as large each time.
+_FIRST_READ = 8192
+# A blank line, the line end before it included: nothing but CRs and NULs up to its LF.
+_BLANK_LINE = re.compile(rb"\n[\r\0]*\n")
+_LINE_END = re.compile(rb"\r*\n")
+_FIELD_START = re.compile(rb"\r\n(?![ \t])")
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,8 +248,7 @@ class _Kind(enum.Enum):
     SEMICOLON = ";"
 
 
-@dataclass(frozen=True, slots=True)
-class _Token:
+class _Token(NamedTuple):
     kind: _Kind
     start: int
     end: int  # exclusive
@@ -218,34 +257,44 @@ class _Token:
 
 _SPECIALS = {0x2C: _Kind.COMMA, 0x3A: _Kind.COLON, 0x3B: _Kind.SEMICOLON}
 _BLANKS = frozenset(b" \t\r\n")
-_ATOM_ENDS = _BLANKS | frozenset(b'"(<,:;')
 
+_WSP_RUN = re.compile(rb"[ \t\r\n]+")
+_QUOTED_TEXT = rb'"(?:[^"\\]+|\\[\x00-\xff]?)*'
+_QUOTED = re.compile(_QUOTED_TEXT + rb'(")?')  # group 1: the closing quote
+# `<...>`: a quoted `>` does not close it
+_ANGLE = re.compile(rb'<(?:[^>"\\]+|\\[\x00-\xff]?|' + _QUOTED_TEXT + rb'"?)*(>)?')
+_ATOM = re.compile(rb'(?:[^ \t\r\n"(<,:;\\]+|\\[\x00-\xff]?)+')
+_COMMENT_STOPS = re.compile(rb"[()\\]")
 
-def _skip_quoted(data: bytes, i: int) -> tuple[int, bool]:
-    """`data[i]` is a double quote: the index after the closing one."""
-    i += 1
-    while i < len(data):
-        c = data[i]
-        if c == 0x5C:  # backslash
-            i += 2
-            continue
-        if c == 0x22:
-            return i + 1, True
-        i += 1
-    return len(data), False
+# What kind of token a byte starts, and the regular expression that matches the whole token
+# (None: a comment, which nests, or a one-byte special); with a group for its closing
+# character where it has one. Matching a token at once rather than byte by byte matters: every
+# address field of every message is tokenized. A backslash takes the byte after it, whatever
+# it is, in atoms, quoted strings and angle addresses alike.
+_Start = tuple[_Kind, Callable[[bytes, int], "re.Match[bytes] | None"] | None, bool]
+_ATOM_START: _Start = (_Kind.ATOM, _ATOM.match, False)
+_STARTS: dict[int, _Start] = {
+    **{c: (_Kind.WSP, _WSP_RUN.match, False) for c in _BLANKS},
+    0x22: (_Kind.QUOTED, _QUOTED.match, True),
+    0x28: (_Kind.COMMENT, None, False),
+    0x3C: (_Kind.ANGLE, _ANGLE.match, True),
+    **{c: (kind, None, False) for c, kind in _SPECIALS.items()},
+}
 
 
 def _skip_comment(data: bytes, i: int) -> tuple[int, bool]:
     """`data[i]` is an opening parenthesis: the index after its matching one (comments nest)."""
     depth = 0
-    while i < len(data):
+    find = _COMMENT_STOPS.search
+    while (stop := find(data, i)) is not None:
+        i = stop.start()
         c = data[i]
-        if c == 0x5C:
+        if c == 0x5C:  # backslash
             i += 2
             continue
         if c == 0x28:
             depth += 1
-        elif c == 0x29:
+        else:
             depth -= 1
             if depth == 0:
                 return i + 1, True
@@ -253,51 +302,24 @@ def _skip_comment(data: bytes, i: int) -> tuple[int, bool]:
     return len(data), False
 
 
-def _skip_angle(data: bytes, i: int) -> tuple[int, bool]:
-    """`data[i]` is `<`: the index after the `>` that closes it (quoted `>` do not)."""
-    i += 1
-    while i < len(data):
-        c = data[i]
-        if c == 0x5C:
-            i += 2
-            continue
-        if c == 0x22:
-            i, _ = _skip_quoted(data, i)
-            continue
-        if c == 0x3E:
-            return i + 1, True
-        i += 1
-    return len(data), False
-
-
 def _tokenize(data: bytes) -> list[_Token]:
     tokens: list[_Token] = []
     i, n = 0, len(data)
+    starts = _STARTS
     while i < n:
-        c = data[i]
-        if c in _BLANKS:
-            j = i + 1
-            while j < n and data[j] in _BLANKS:
-                j += 1
-            tokens.append(_Token(_Kind.WSP, i, j))
-        elif c == 0x22:
-            j, closed = _skip_quoted(data, i)
-            tokens.append(_Token(_Kind.QUOTED, i, min(j, n), closed))
-        elif c == 0x28:
+        kind, match, has_close = starts.get(data[i], _ATOM_START)
+        closed = True
+        if match is not None:
+            found = match(data, i)
+            assert found is not None  # data[i] starts a token of this kind
+            j = found.end()
+            if has_close:
+                closed = found.start(1) != -1
+        elif kind is _Kind.COMMENT:
             j, closed = _skip_comment(data, i)
-            tokens.append(_Token(_Kind.COMMENT, i, min(j, n), closed))
-        elif c == 0x3C:
-            j, closed = _skip_angle(data, i)
-            tokens.append(_Token(_Kind.ANGLE, i, min(j, n), closed))
-        elif c in _SPECIALS:
-            j = i + 1
-            tokens.append(_Token(_SPECIALS[c], i, j))
         else:
-            j = i
-            while j < n and data[j] not in _ATOM_ENDS:
-                j += 2 if data[j] == 0x5C else 1
-            j = min(j, n)
-            tokens.append(_Token(_Kind.ATOM, i, j))
+            j = i + 1
+        tokens.append(_Token(kind, i, j, closed))
         i = j
     return tokens
 
@@ -526,7 +548,6 @@ class BodyType(enum.Enum):
 
 _SEVEN_BIT_ENCODINGS = frozenset({b"7bit", b"quoted-printable", b"base64"})
 _EIGHT_BIT_ENCODINGS = frozenset({b"8bit", b"binary"})
-_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 
 
 def body_type(header: RawHeader, *, pass8bits: bool = False, mimedecode: bool = False) -> BodyType:
@@ -559,7 +580,7 @@ def body_type(header: RawHeader, *, pass8bits: bool = False, mimedecode: bool = 
     mime = any(first_address(f.value) == b"1.0" for f in header.all(b"mime-version"))
     if mime and encodings and encodings <= _SEVEN_BIT_ENCODINGS:
         return BodyType.SEVEN_BIT
-    if any(_HIGH_BYTE.search(f.raw) for f in header.fields):
+    if not all(f.raw.isascii() for f in header.fields):  # a byte of 0x80 or more
         return BodyType.EIGHT_BIT
     return BodyType.UNDECLARED
 
@@ -578,8 +599,9 @@ class TracePoll:
 
 
 def _clean(text: str) -> str:
-    # names from the rcfile or the server: a CR or LF here would start a forged header line
-    return _CONTROL.sub(" ", text)
+    # names from the rcfile or the server: a CR or LF here would start a forged header line.
+    # A printable text has no control character (the usual case: nothing to replace).
+    return text if text.isprintable() else _CONTROL.sub(" ", text)
 
 
 def _header_lines(*lines: str) -> bytes:
@@ -589,10 +611,34 @@ def _header_lines(*lines: str) -> bytes:
 def rfc822_timestamp(now: datetime | None = None) -> str:
     """fetchmail's rfc822timestamp(): `Wed, 25 Nov 2026 05:38:19 +0000 (UTC)`, local time, in
     English whatever the locale."""
-    moment = now if now is not None else datetime.now()
+    global _last_stamp
+    if now is not None:
+        return _timestamp(now)
+    # Every message's Received line has one, to the second: made once a second, not for each
+    # of the messages a fast poll delivers within it.
+    moment = datetime.now().replace(microsecond=0)
+    last = _last_stamp
+    if last is not None and last[0] == moment:
+        return last[1]
+    stamp = _timestamp(moment)
+    _last_stamp = (moment, stamp)
+    return stamp
+
+
+_last_stamp: tuple[datetime, str] | None = None  # the last second stamped, and its stamp
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _timestamp(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.astimezone()
-    stamp = format_datetime(moment)
+    # email.utils.format_datetime's form, without loading the email package for it
+    stamp = (
+        f"{_DAYS[moment.weekday()]}, {moment.day:02d} {_MONTHS[moment.month - 1]} "
+        f"{moment.year:04d} {moment.hour:02d}:{moment.minute:02d}:{moment.second:02d} "
+        f"{moment.strftime('%z')}"
+    )
     zone = moment.tzname()
     return f"{stamp} ({zone})" if zone else stamp
 
@@ -684,15 +730,35 @@ def edit_header(
     - NULs were removed by `read_header`; if there were any, an
       `X-Fetchmail-Warning: message has embedded NULs` field is added at the end.
     """
+    kept, first_received = _kept_fields(
+        header, for_mda=for_mda, server_name=server_name, rewrite=rewrite,
+        dropstatus=dropstatus, dropdelivered=dropdelivered, accept_bad_header=accept_bad_header,
+    )
+    return _assembled(header, kept, first_received, received, if_headerless)
+
+
+def _kept_fields(
+    header: RawHeader,
+    *,
+    for_mda: bool,
+    server_name: str,
+    rewrite: bool,
+    dropstatus: bool,
+    dropdelivered: bool,
+    accept_bad_header: bool,
+) -> tuple[list[bytes], int]:
+    """`edit_header`'s field by field edits: the lines kept, each with its CRLF, and the index
+    of the first Received field among them (0 if there is none)."""
     host = server_name.encode("utf-8", "replace")
     used_return_path = None if for_mda else return_path(header)
     kept: list[bytes] = []
+    first_received = -1
     for field in header.fields:
         if field.is_envelope_line:
             continue
-        if field.name is None and field.raw[:1] not in (b" ", b"\t") and not accept_bad_header:
-            raise BadHeaderError(field.raw.split(b"\r\n", 1)[0])
         name = field.name
+        if name is None and field.raw[:1] not in (b" ", b"\t") and not accept_bad_header:
+            raise BadHeaderError(field.raw.split(b"\r\n", 1)[0])
         if name == b"delivered-to" and dropdelivered:
             continue
         if name in _STATUS_FIELDS and (dropstatus or not field.value.strip(b" \t\r\n")):
@@ -703,22 +769,31 @@ def edit_header(
         if rewrite and name in REWRITTEN_FIELDS:
             colon = raw.index(b":") + 1
             raw = raw[:colon] + rewrite_addresses(raw[colon:], host)
+        # fetchmail's strstr() also finds `>Received:` (kept from an mbox), so this does too;
+        # a line without a field name (a continuation, no colon) is not one
+        if first_received < 0 and name is not None and name.lstrip(b">") == b"received":
+            first_received = len(kept)
         kept.append(raw + b"\r\n")
+    return kept, max(first_received, 0)
+
+
+def _assembled(
+    header: RawHeader,
+    kept: list[bytes],
+    first_received: int,
+    received: bytes | None,
+    if_headerless: bytes,
+) -> bytes:
+    """The header block from `_kept_fields`' lines: the stand-in for a header with nothing
+    left, the Received line, the NUL warning and the blank line."""
     if not kept and if_headerless:
         kept.append(if_headerless)
     if received is not None:
-        at = next((i for i, line in enumerate(kept) if _is_received(line)), 0)
-        kept.insert(at, received)
+        kept.insert(first_received, received)
     if header.had_nuls:
         kept.append(NUL_WARNING)
     kept.append(b"\r\n")
     return b"".join(kept)
-
-
-def _is_received(line: bytes) -> bool:
-    # fetchmail's strstr() also matches `>Received:` (kept from an mbox), so this does too
-    name, colon, _ = line.partition(b":")
-    return bool(colon) and name.lstrip(b">").rstrip(_WSP).lower() == b"received"
 
 
 # ------------------------------------------------------------------------------------------
@@ -969,24 +1044,22 @@ def prepare(
             now=now,
         )
     try:
-        edited = edit_header(
+        kept, first_received = _kept_fields(
             header,
-            received=received,
             for_mda=for_mda,
             server_name=server_name,
             rewrite=user.rewrite,
             dropstatus=user.dropstatus,
             dropdelivered=user.dropdelivered,
             accept_bad_header=server.badheader,
-            if_headerless=headerless_header(
-                local_user=names[0],
-                local_host=host,
-                remote_user=user.remote,
-                server_name=server_name,
-            ),
         )
     except BadHeaderError as err:
         return Delivery(Outcome.PERMFAIL, reply=str(err))
+    # edit_header's work, with the stand-in made only for a message that needs it
+    headerless = b"" if kept else headerless_header(
+        local_user=names[0], local_host=host, remote_user=user.remote, server_name=server_name
+    )
+    edited = _assembled(header, kept, first_received, received, headerless)
     envelope = Envelope(
         sender=envelope_sender(header, remote_user=user.remote, server_name=server_name),
         recipients=names if for_mda else rcpt,
