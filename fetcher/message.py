@@ -998,6 +998,7 @@ def prepare(
     folder: str | None = None,
     local_host: str | None = None,
     now: datetime | None = None,
+    arriving: int | None = None,
 ) -> tuple[Envelope, Message] | Delivery:
     """Read the header from `spool` (positioned at the message start) and build what the sink
     needs. The returned Message's body is `spool` itself, at the first body byte.
@@ -1009,13 +1010,17 @@ def prepare(
     with the first smtphost; fetchmail uses the one that answered) and the bare local names
     for an MDA (`%T`). The server's name is its `via` or poll name (fetchmail's DNS
     canonical name is not looked up); the local host name is `socket.gethostname()` unless
-    given.
+    given. `arriving`: the size the server listed, for a text still being written to `spool`
+    (the sizes declared to the listener come from it, and the header is all that is read).
     """
     header = read_header(spool)
     body_start = spool.tell()
-    spool.seek(0, 2)
-    body_octets = spool.tell() - body_start
-    spool.seek(body_start)
+    if arriving is not None:  # still arriving (streamed): its end is not known yet
+        body_octets = max(0, arriving - body_start)
+    else:
+        spool.seek(0, 2)
+        body_octets = spool.tell() - body_start
+        spool.seek(body_start)
 
     server_name = server.queryname
     host = local_host or socket.gethostname()
