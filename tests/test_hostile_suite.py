@@ -282,7 +282,8 @@ STREAMED_OCTETS = 5 << 20  # above the size from which pyfetch streams (session.
 BIG_MESSAGES = [big_message(n) for n in (1, 2, 3)]
 STREAMED_CASES = [
     case for case in CASES
-    if case[1] == "fetch" and case[0] != "smtp" or case[0] == "smtp" and case[1] in ("data", "eom")
+    if (case[1] == "fetch" and case[0] != "smtp")
+    or (case[0] == "smtp" and case[1] in ("data", "eom"))
 ]
 
 
