@@ -1034,6 +1034,17 @@ def _multidrop_names(
     return [postmaster], found.warning
 
 
+def _once(addresses: list[str]) -> list[str]:
+    """The addresses in order, each once (case folded, as MTAs compare them)."""
+    seen: set[str] = set()
+    kept: list[str] = []
+    for address in addresses:
+        if address.casefold() not in seen:
+            seen.add(address.casefold())
+            kept.append(address)
+    return kept
+
+
 def prepare(
     spool: BinaryIO,
     *,
@@ -1114,6 +1125,8 @@ def prepare(
             smtpname=smtpname,
             smtphost=user.smtphunt[0] if user.smtphunt else None,
         )
+    # `smtpname` makes every local name one address; that address is given once
+    rcpt = _once(rcpt)
     received = None
     if not globals_.invisible:
         received = received_header(

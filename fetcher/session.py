@@ -561,7 +561,7 @@ class AccountPoll:
             to=to, recipients=recipients, delivery=delivery, original_header=header,
             local_host=host,
         )
-        sink = SmtpSink(self.user.smtphunt, helo_name=host)
+        sink = SmtpSink(self.user.smtphunt, lmtp=self.user.lmtp, helo_name=host)
         try:
             result = await sink.deliver(*bounce)
         except PyfetchError as err:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import socket
+import threading
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from fetcher.recipients import (
     received_for,
     route,
 )
+from fetcher.resolver import TimedResolver
 
 BASE = Routing(
     server_names=("mail.example.org",),
@@ -335,3 +338,68 @@ def test_route_never_raises_on_any_header(data: bytes) -> None:
 
 def test_rewritten_fields_are_messages() -> None:
     assert REWRITTEN == message.REWRITTEN_FIELDS
+
+
+# -- the edge: fetcher.resolver -------------------------------------------------------------------
+
+
+def test_resolver_reads_getaddrinfo() -> None:
+    def getaddrinfo(name: str, *args: object) -> list[tuple[Any, ...]]:
+        assert name == "mx.example.com"
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "mail.example.org", ("192.0.2.10", 0)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::10", 0, 0, 0)),
+        ]
+
+    resolve = TimedResolver(5, getaddrinfo)
+    assert resolve("MX.Example.com.") == SERVER
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), None),
+        (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+         "Temporary failure in name resolution"),
+        (UnicodeError("label too long"), "label too long"),
+    ],
+)
+def test_resolver_tells_no_such_name_from_a_failure(
+    error: Exception, expected: str | None
+) -> None:
+    def getaddrinfo(name: str, *args: object) -> list[tuple[Any, ...]]:
+        raise error
+
+    resolve = TimedResolver(5, getaddrinfo)
+    if expected is None:
+        assert resolve("nowhere.example.com") is None
+    else:
+        with pytest.raises(LookupFailed, match=expected):
+            resolve("nowhere.example.com")
+
+
+def test_a_resolver_that_never_answers_costs_one_timeout_per_name() -> None:
+    release = threading.Event()
+    asked: list[str] = []
+
+    def getaddrinfo(name: str, *args: object) -> list[tuple[Any, ...]]:
+        asked.append(name)
+        release.wait()  # a resolver that does not answer
+        return []
+
+    resolve = TimedResolver(0.05, getaddrinfo)
+    try:
+        for _ in range(3):
+            with pytest.raises(LookupFailed, match=r"no answer within 0\.05 seconds"):
+                resolve("slow.example.com")
+        assert asked == ["slow.example.com"]  # the failure is kept for the poll
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("name", ["[192.0.2.1]", "a b.example", "x" * 300, "a\0b", "", "-a.org"])
+def test_resolver_never_sends_what_is_no_host_name(name: str) -> None:
+    def getaddrinfo(name: str, *args: object) -> list[tuple[Any, ...]]:
+        raise AssertionError(f"asked about {name!r}")
+
+    assert TimedResolver(5, getaddrinfo)(name) is None
