@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.headerregistry import Address, AddressHeader, HeaderRegistry
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from fetcher.model import LocalName, ServerOptions, UserOptions
 
 __all__ = [
+    "MAX_ADDRESSES",
     "MAX_LOOKUPS",
     "HostInfo",
     "LookupFailed",
@@ -64,6 +65,10 @@ __all__ = [
     "received_for",
     "route",
 ]
+
+# Addresses read from one message: a header of a megabyte can name tens of thousands, and
+# no real message is for more than this many people. The rest name nobody.
+MAX_ADDRESSES = 1000
 
 # Names one message may make us look up in DNS. Every address in a header can name a domain of
 # its own, and each look-up may wait for its timeout: a message with a thousand domains would
@@ -181,28 +186,90 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _LINE_END = re.compile(r"[\r\n]")
 
 
-def parse_addresses(value: str) -> list[ParsedAddress]:
-    """Every mailbox of an address-list field value, group members included, in order.
+def parse_addresses(value: str, limit: int = MAX_ADDRESSES) -> list[ParsedAddress]:
+    """Every mailbox of an address-list field value, group members included, in order; at
+    most `limit` of them.
 
-    The standard library's RFC 5322 parser does the work (groups, quoted local parts, comments,
-    display names with encoded words, obsolete routes); what it cannot read at all goes to its
-    older, simpler parser. Never raises.
+    The value is first cut into mailboxes at the commas and semicolons that are not inside a
+    quoted string, a comment or angle brackets, a group's name dropped; then the standard
+    library's RFC 5322 parser reads each one (quoted local parts, comments, display names with
+    encoded words, obsolete routes), or its older parser one it cannot read. Cutting first
+    keeps the work linear in the field's size: the parser takes quadratic time over a long
+    list, and a server decides what the header holds. A mailbox no parser can read (a
+    thousand nested comments) names nobody. Never raises.
     """
     text = _FOLD.sub("", value)
-    text = _LINE_END.sub(" ", text).strip()
-    if not text:
-        return []
-    try:
-        header = cast(AddressHeader, _REGISTRY("to", text))
-        mailboxes = [mailbox for group in header.groups for mailbox in group.addresses]
-    except (HeaderParseError, ValueError, TypeError, IndexError, AttributeError):
-        return _simple_parse(text)
+    text = _LINE_END.sub(" ", text)
     found: list[ParsedAddress] = []
-    for mailbox in mailboxes:
-        parsed = _from_address(mailbox)
+    for chunk in _mailboxes(text):
+        if len(found) >= limit:
+            break
+        parsed = _parse_mailbox(chunk)
         if parsed is not None:
             found.append(parsed)
     return found
+
+
+# RFC 2047: =?charset?encoding?text?=. Its text should hold no comma, but mailers write
+# `=?utf-8?q?Doe,_John?=` all the same.
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[A-Za-z]\?[^?\s]*\?=")
+
+
+def _mailboxes(text: str) -> Iterator[str]:
+    """The mailboxes of an address list, as text: cut at top-level `,` and `;`, with a group's
+    `name:` dropped."""
+    start = depth = 0
+    quoted = angle = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if quoted or depth:
+            if c == "\\":
+                i += 1
+            elif quoted and c == '"':
+                quoted = False
+            elif depth and c == "(":
+                depth += 1
+            elif depth and c == ")":
+                depth -= 1
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth = 1
+        elif c == "=" and (word := _ENCODED_WORD.match(text, i)) is not None:
+            i = word.end()  # an encoded word is one word, whatever commas its text holds
+            continue
+        elif angle:
+            angle = c != ">"
+        elif c == "<":
+            angle = True
+        elif c in ",;":
+            yield text[start:i]
+            start = i + 1
+        elif c == ":":
+            start = i + 1  # what came before was a group's name
+        i += 1
+    yield text[start:]
+
+
+def _parse_mailbox(chunk: str) -> ParsedAddress | None:
+    chunk = chunk.strip()
+    if not chunk or len(chunk) > _MAX_MAILBOX or chunk.count("(") > _MAX_COMMENTS:
+        return None  # no mailbox looks like that; the parsers would recurse or crawl
+    try:
+        header = cast(AddressHeader, _REGISTRY("to", chunk))
+        mailboxes = [mailbox for group in header.groups for mailbox in group.addresses]
+    except (HeaderParseError, ValueError, TypeError, IndexError, AttributeError, RecursionError):
+        return _simple_parse(chunk)
+    for mailbox in mailboxes:
+        return _from_address(mailbox)
+    return None
+
+
+# A mailbox longer than this, or with more comments, is not read (RFC 5321 caps an address at
+# 256 octets; display names and comments make a mailbox longer, not this long).
+_MAX_MAILBOX = 2000
+_MAX_COMMENTS = 20
 
 
 def _from_address(mailbox: Address) -> ParsedAddress | None:
@@ -215,18 +282,20 @@ def _from_address(mailbox: Address) -> ParsedAddress | None:
     return ParsedAddress(spec, None)
 
 
-def _simple_parse(text: str) -> list[ParsedAddress]:
-    found: list[ParsedAddress] = []
-    for _name, spec in getaddresses([text]):
+def _simple_parse(chunk: str) -> ParsedAddress | None:
+    try:
+        pairs = getaddresses([chunk])
+    except (ValueError, TypeError, IndexError, RecursionError):
+        return None
+    for _name, spec in pairs:
         spec = spec.strip()
         if not spec:
             continue
         local, at, domain = spec.rpartition("@")
         if at and local and domain:
-            found.append(ParsedAddress(local, domain))
-        else:
-            found.append(ParsedAddress(spec, None))
-    return found
+            return ParsedAddress(local, domain)
+        return ParsedAddress(spec, None)
+    return None
 
 
 def _unquoted(local: str) -> str:
@@ -321,6 +390,7 @@ class _Router:
     dns_errors: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _aliases: dict[str, bool] = field(default_factory=dict)
+    _folded: set[str] = field(default_factory=set)  # the accepted names, case folded
     _lookups: int = 0
     _server: HostInfo | bool | None = False  # False: not looked up yet
 
@@ -424,7 +494,9 @@ class _Router:
         return None
 
     def _accept(self, name: str) -> None:
-        if all(name.casefold() != have.casefold() for have in self.accepted):
+        folded = name.casefold()
+        if folded not in self._folded:
+            self._folded.add(folded)
             self.accepted.append(name)
 
 
@@ -432,10 +504,16 @@ def route(header: RawHeader, routing: Routing, resolve: Resolve | None = None) -
     """The local recipients of a multidrop message, and where they were found."""
     router = _Router(routing, resolve)
     source, fields = _recipient_fields(header, routing, router)
+    left = MAX_ADDRESSES
     for name, value in fields:
         qualify = routing.rewrite and name in REWRITTEN
-        for address in parse_addresses(value):
+        addresses = parse_addresses(value, left)
+        for address in addresses:
             router.take(address, qualify)
+        left -= len(addresses)
+        if left <= 0:
+            router.notes.append(f"only the first {MAX_ADDRESSES} addresses were read")
+            break
     return Route(
         recipients=tuple(router.accepted),
         source=source,

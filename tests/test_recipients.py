@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from fetcher import message
 from fetcher.message import read_header
 from fetcher.recipients import (
+    MAX_ADDRESSES,
     MAX_LOOKUPS,
     REWRITTEN,
     HostInfo,
@@ -312,6 +313,10 @@ def test_received_for(line: str, address: str | None) -> None:
         ('"a b"@x.org', [('"a b"', "x.org")]),
         ('"a@b"@x.org', [('"a@b"', "x.org")]),
         ("bob", [("bob", None)]),
+        # an encoded word is one word, commas and all; a stray `=?` is not one
+        ("=?utf-8?q?Doe,_John?= <j@x.org>, =?iso-8859-1?b?QSxC?= <k@x.org>",
+         [("j", "x.org"), ("k", "x.org")]),
+        ("a=?b, c@x.org", [("a=?b", None), ("c", "x.org")]),
         ("Bob <bob@x.org", [("bob", "x.org")]),  # an unclosed bracket
         ("<>", []),
         ("", []),
@@ -403,3 +408,31 @@ def test_resolver_never_sends_what_is_no_host_name(name: str) -> None:
         raise AssertionError(f"asked about {name!r}")
 
     assert TimedResolver(5, getaddrinfo)(name) is None
+
+
+# -- what a hostile server can put in a header ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "(" * 100_000 + "bob@mail.example.org",  # the stdlib parser recurses once per `(`
+        "(((((((((((((((((((((((((x)))))))))))))))))))))))))) bob@mail.example.org",
+        '"' + "a" * 500_000,
+        "<" * 100_000,
+        ":" * 100_000,
+        "=?utf-8?q?" + "x," * 100_000 + "?= <bob@mail.example.org>",
+    ],
+)
+def test_a_pathological_field_names_nobody_it_should_not(value: str) -> None:
+    assert all(a.text == "bob@mail.example.org" for a in parse_addresses(value))
+    found = route(header(f"To: {value}\r\n"), routing(wildcard=True))
+    assert set(found.recipients) <= {"bob"}
+
+
+def test_a_message_for_thousands_is_read_for_the_first_thousand() -> None:
+    many = ", ".join(f"u{i}@mail.example.org" for i in range(3 * MAX_ADDRESSES))
+    found = route(header(f"To: {many}\r\nCc: bob@mail.example.org\r\n"), routing(wildcard=True))
+    assert found.recipients == tuple(f"u{i}" for i in range(MAX_ADDRESSES))
+    assert f"only the first {MAX_ADDRESSES} addresses were read" in found.notes
+    assert len(parse_addresses(many)) == MAX_ADDRESSES
