@@ -10,10 +10,14 @@ The mailbox is bob's on the test Dovecot; the account's local names are alice, b
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import socket
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reference import FETCHMAIL, private_pidfile_args
@@ -21,6 +25,15 @@ from servers.certs import TestCA
 from servers.dovecot import Dovecot
 from servers.smtp import SMTPServer, Transaction
 from test_e2e_pop3 import pyfetch
+
+from fetcher import session
+from fetcher.exitcodes import ExitCode
+from fetcher.model import GlobalOptions, ServerOptions, UserOptions
+from fetcher.report import Reporter
+from fetcher.resolver import GetAddrInfo, TimedResolver
+from fetcher.run import default_driver
+from fetcher.session import AccountPoll
+from fetcher.sinks.factory import sink_for
 
 SERVER_OPTIONS = "no dns aka mail.isp.net localdomains example.com"
 USERS = "to alice bob 'hurkle'='happy' here"
@@ -384,3 +397,119 @@ def test_refused_recipients_as_fetchmail_handles_them(
     fetchmails, pyfetchs = routed
     assert pyfetchs == fetchmails == {"one-refused": {"alice@127.0.0.1"},
                                       "all-refused": {"pm@127.0.0.1"}}
+
+
+# -- DNS: a real poll, a fake resolver (the tests never ask the network) -------------------------
+
+
+def poll_in_process(
+    dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, getaddrinfo: GetAddrInfo,
+    monkeypatch: pytest.MonkeyPatch, *, checkalias: bool = False,
+) -> tuple[int, list[str]]:
+    """One poll of the multidrop mailbox with `dns` on, pyfetch's DNS look-ups answered by
+    `getaddrinfo`: the exit code and the error lines."""
+    monkeypatch.setattr(
+        session, "TimedResolver", lambda timeout: TimedResolver(timeout, getaddrinfo)
+    )
+    host, port = smtpd.address
+    server = ServerOptions(
+        pollname="mail.isp.net", via="127.0.0.1", protocol="POP3",
+        service=str(dovecot.ports["pop3"]), timeout=1, dns=True, checkalias=checkalias,
+    )  # fmt: skip
+    user = UserOptions(
+        remote="bob", password="hidden", localnames=[("alice", None), ("bob", None)],
+        sslcertfile=str(test_ca.ca_cert), sslcommonname="localhost", smtphunt=[f"{host}/{port}"],
+    )  # fmt: skip
+    errors: list[str] = []
+    reporter = Reporter(silent=True)
+    monkeypatch.setattr(reporter, "error", errors.append)
+    account = AccountPoll(
+        server, user, GlobalOptions(postmaster="pm"), None, reporter, default_driver, sink_for
+    )
+    result = asyncio.run(account.run())
+    return result.status, errors
+
+
+def answers(table: dict[str, tuple[str, str] | int]) -> GetAddrInfo:
+    """A getaddrinfo: name -> (canonical name, address), or an EAI_* error number."""
+    def getaddrinfo(name: str, *args: object) -> list[tuple[Any, ...]]:
+        answer = table.get(name, socket.EAI_NONAME)
+        if isinstance(answer, int):
+            raise socket.gaierror(answer, f"error {answer}")
+        canonical, address = answer
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, canonical, (address, 0))]
+    return getaddrinfo
+
+
+@pytest.mark.parametrize(
+    ("table", "checkalias", "rcpt"),
+    [
+        # DNS says mx.isp.test is the server (its canonical name): bob's
+        ({"mx.isp.test": ("mail.isp.net", "192.0.2.7")}, False, ["bob@127.0.0.1"]),
+        # another name for the same address: the server's only with `checkalias`
+        ({"mx.isp.test": ("mx.isp.test", "127.0.0.1"), "127.0.0.1": ("localhost", "127.0.0.1")},
+         True, ["bob@127.0.0.1"]),
+        ({"mx.isp.test": ("mx.isp.test", "127.0.0.1"), "127.0.0.1": ("localhost", "127.0.0.1")},
+         False, ["pm@127.0.0.1"]),
+        ({}, False, ["pm@127.0.0.1"]),  # no such name: nobody here
+    ],
+)
+def test_dns_says_which_names_are_the_servers(
+    dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, monkeypatch: pytest.MonkeyPatch,
+    table: dict[str, tuple[str, str] | int], checkalias: bool, rcpt: list[str],
+) -> None:
+    dovecot.seed("bob", [message("dns", "To: bob@mx.isp.test\r\n")])
+    status, errors = poll_in_process(
+        dovecot, test_ca, smtpd, answers(table), monkeypatch, checkalias=checkalias
+    )
+    assert (status, errors) == (ExitCode.SUCCESS, [])
+    assert [t.rcpt_tos for t in smtpd.transactions] == [rcpt]
+    assert dovecot.messages("bob") == []
+
+
+def test_a_failing_resolver_keeps_the_message_for_the_next_poll(
+    dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dovecot.seed("bob", [
+        message("unsure", "To: bob@mx.isp.test\r\n"),
+        message("sure", "To: alice@mail.isp.net\r\n"),  # no look-up needed
+    ])
+    status, errors = poll_in_process(
+        dovecot, test_ca, smtpd, answers({"mx.isp.test": socket.EAI_AGAIN}), monkeypatch
+    )
+    assert status is ExitCode.SUCCESS
+    assert errors == [f"nameserver failure while looking for 'mx.isp.test' during poll of "
+                      f"mail.isp.net: error {socket.EAI_AGAIN}"]
+    assert by_subject(smtpd.transactions) == {"sure": {"alice@127.0.0.1"}}
+    assert [b"Subject: unsure" in m for m in dovecot.messages("bob")] == [True]
+
+
+def test_a_resolver_that_never_answers_costs_a_message_a_wait_not_the_poll(
+    dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def hanging(name: str, *args: object) -> list[tuple[Any, ...]]:
+        release.wait()
+        raise socket.gaierror(socket.EAI_AGAIN, "too late")
+
+    dovecot.seed("bob", [
+        message("first", "To: bob@mx1.isp.test\r\n"),
+        message("second", "To: bob@mx2.isp.test\r\n"),
+        message("third", "To: alice@mail.isp.net\r\n"),
+    ])
+    try:
+        status, errors = poll_in_process(dovecot, test_ca, smtpd, hanging, monkeypatch)
+    finally:
+        release.set()
+    assert status is ExitCode.SUCCESS
+    # each name costs one timeout (the server's own is never reached: the first question
+    # already failed); the messages that need DNS wait for the next poll, the others go
+    assert errors == [
+        "nameserver failure while looking for 'mx1.isp.test' during poll of mail.isp.net: "
+        "no answer within 1 seconds",
+        "nameserver failure while looking for 'mx2.isp.test' during poll of mail.isp.net: "
+        "no answer within 1 seconds",
+    ]
+    assert by_subject(smtpd.transactions) == {"third": {"alice@127.0.0.1"}}
+    assert len(dovecot.messages("bob")) == 2
