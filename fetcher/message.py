@@ -1018,6 +1018,8 @@ def _multidrop_names(
         for line in found.notes:
             note(line)
     if found.dns_errors:
+        if note is not None:
+            note(DNS_SUPPRESSED)
         name, why = found.dns_errors[0]
         return Delivery(
             Outcome.TEMPFAIL,

@@ -402,9 +402,9 @@ class AccountPoll:
         postmaster = self.globals.postmaster or ""
         trace.note(f"no address matches; forwarding to {postmaster}.")
         fallback = await self._deliver(spool, mailbox, refused=tuple(got.delivery.refused))
+        self._say_refusal(fallback)
         if fallback.delivery.outcome is not Outcome.ACCEPTED and postmaster:
             self.reporter.error(f"can't even send to {postmaster}!")
-        self._say_refusal(fallback)
         then = after_delivery(fallback.delivery, self.policy, has_uid=info.uid is not None)
         if fallback.delivery.outcome is Outcome.ACCEPTED:
             then = dataclasses.replace(then, notify=step.notify)
@@ -611,7 +611,7 @@ class AccountPoll:
             prepared = await asyncio.to_thread(prepare, resolve=self._resolver)
         else:
             prepared = prepare()
-        if isinstance(prepared, Delivery):  # refused before delivery (bad header)
+        if isinstance(prepared, Delivery):  # refused before delivery (bad header, DNS, ...)
             return _Fetched(prepared, None, b"", header_octets)
         envelope, message = prepared
         if skip:
