@@ -1059,6 +1059,7 @@ def prepare(
     folder: str | None = None,
     local_host: str | None = None,
     now: datetime | None = None,
+    arriving: int | None = None,
     resolve: Resolve | None = None,
     note: Callable[[str], None] | None = None,
     refused: Sequence[str] = (),
@@ -1080,13 +1081,18 @@ def prepare(
     for good: the postmaster gets it instead, `for <postmaster> (by default)`, with the refused
     addresses in an X-Fetchmail-Warning (fetchmail's open_smtp_sink()). The server's name is
     its `via` or poll name (fetchmail's DNS canonical name is not looked up); the local host
-    name is `socket.gethostname()` unless given.
+    name is `socket.gethostname()` unless given. `arriving`: the size the server listed, for
+    a text still being written to `spool` (the sizes declared to the listener come from it,
+    and the header is all that is read).
     """
     header = read_header(spool)
     body_start = spool.tell()
-    spool.seek(0, 2)
-    body_octets = spool.tell() - body_start
-    spool.seek(body_start)
+    if arriving is not None:  # still arriving (streamed): its end is not known yet
+        body_octets = max(0, arriving - body_start)
+    else:
+        spool.seek(0, 2)
+        body_octets = spool.tell() - body_start
+        spool.seek(body_start)
 
     server_name = server.queryname
     host = local_host or socket.gethostname()

@@ -513,3 +513,22 @@ def test_a_resolver_that_never_answers_costs_a_message_a_wait_not_the_poll(
     ]
     assert by_subject(smtpd.transactions) == {"third": {"alice@127.0.0.1"}}
     assert len(dovecot.messages("bob")) == 2
+
+
+@pytest.mark.smtp_fault(step="rcpt", recipient="alice@127.0.0.1", code=550, text="5.1.1 no")
+@pytest.mark.smtp_fault(step="rcpt", recipient="bob@127.0.0.1", code=550, text="5.1.1 no")
+def test_a_large_streamed_message_refused_to_all_reaches_the_postmaster_whole(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer
+) -> None:
+    """A message large enough to be streamed to the listener while the server still sends it
+    is read a second time for the postmaster, from its first octet to its last."""
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n"
+    body = line * ((session.STREAM_OCTETS + (1 << 20)) // len(line))
+    dovecot.seed("bob", [message("big", "To: alice@mail.isp.net, bob@mail.isp.net\r\n") + body])
+    rcfile(home, dovecot, test_ca, smtpd, globals_="set postmaster pm")
+    result = pyfetch(home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    to_postmaster = next(t for t in smtpd.transactions if t.mail_from != "<>")
+    assert to_postmaster.rcpt_tos == ["pm@127.0.0.1"]
+    assert to_postmaster.data.endswith(b"For whom is big?\r\n" + body)
+    assert dovecot.messages("bob") == []
