@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar, cast
 
 from fetcher import message as msg
-from fetcher import progress
+from fetcher import progress, trace
 from fetcher.bounce import bounce_recipient, build_bounce
 from fetcher.config import local_hostname
 from fetcher.credentials import for_login
@@ -49,6 +50,8 @@ from fetcher.plan import (
     plan_mailbox,
 )
 from fetcher.report import Reporter
+from fetcher.resolver import DEFAULT_TIMEOUT as DNS_TIMEOUT
+from fetcher.resolver import TimedResolver
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome, Sink
 from fetcher.sinks.smtp import SmtpSink
 from fetcher.spool import GrowingSpool, SpoolBroken
@@ -86,6 +89,9 @@ def policy_for(user: UserOptions, server: ServerOptions, globals_: GlobalOptions
         softbounce=globals_.softbounce,
         spambounce=globals_.spambounce,
         uidl=server.uidl,
+        bouncemail=globals_.bouncemail,
+        antispam=frozenset(user.antispam),
+        multidrop=user.multidrop,
     )
 
 
@@ -134,6 +140,7 @@ class AccountPoll:
         self.in_delivery = False  # between handing a message over and its durable record
         self._sink: Sink | None = None
         self._batch = 0  # messages handed to the current sink connection
+        self._resolver: TimedResolver | None = None  # multidrop DNS answers, for this poll
         self._worker = Worker(f"poll {user.remote}@{server.pollname}")
 
     async def run(self) -> PollResult:
@@ -386,9 +393,17 @@ class AccountPoll:
             # only a text that has all arrived is recorded or deleted
             await self._complete(ahead, info, total)
             self._say_refusal(got)
-            step = after_delivery(got.delivery, self.policy, has_uid=info.uid is not None)
+            step = self._step(got, info)
+            refusals = got  # the delivery whose refused recipients `notify` names
+            if step.to_postmaster:
+                got, step = await self._to_postmaster(ahead, mailbox, got, step, info)
             if step.bounce and not await self._bounce(got.delivery, got.envelope, got.header):
                 step = KEEP_FOR_RETRY  # nobody could be told: keep it
+            elif step.notify:
+                # the others have it: the notice is sent or reported, the message goes on
+                await self._bounce(
+                    refusals.delivery, refusals.envelope, refusals.header, step.notify
+                )
             if store is not None and info.uid is not None:
                 # written before the delete, and made durable (fsync) before it in _settle:
                 # a crash from here on delivers nothing twice
@@ -396,6 +411,30 @@ class AccountPoll:
         finally:
             self.in_delivery = False
         return _Done(info, step.on_server, got.header_octets, None)
+
+    def _step(self, got: _Fetched, info: MessageInfo) -> Step:
+        recipients = tuple(got.envelope.recipients) if got.envelope is not None else ()
+        return after_delivery(
+            got.delivery, self.policy, has_uid=info.uid is not None, recipients=recipients
+        )
+
+    async def _to_postmaster(
+        self, ahead: _Ahead, mailbox: ThreadedMailbox, got: _Fetched, step: Step,
+        info: MessageInfo,
+    ) -> tuple[_Fetched, Step]:
+        """The listener refused every recipient of a multidrop message for good: the
+        postmaster gets it instead, as fetchmail does, and that delivery decides. The refused
+        recipients are reported to the sender once it succeeded."""
+        postmaster = self.globals.postmaster or ""
+        trace.note(f"no address matches; forwarding to {postmaster}.")
+        fallback = await self._deliver(ahead, mailbox, refused=tuple(got.delivery.refused))
+        self._say_refusal(fallback)
+        if fallback.delivery.outcome is not Outcome.ACCEPTED and postmaster:
+            self.reporter.error(f"can't even send to {postmaster}!")
+        then = after_delivery(fallback.delivery, self.policy, has_uid=info.uid is not None)
+        if fallback.delivery.outcome is Outcome.ACCEPTED:
+            then = dataclasses.replace(then, notify=step.notify)
+        return fallback, then
 
     async def _retrieved(
         self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo, total: int
@@ -560,10 +599,17 @@ class AccountPoll:
             return ""
         return "LMTP" if self.user.lmtp else "SMTP"
 
-    async def _bounce(self, delivery: Delivery, envelope: Envelope | None, header: bytes) -> bool:
-        """Tell the sender (or the postmaster) before a refused message is dropped; False if
-        that failed, so that the message stays on the server. `envelope` is None for a
-        message refused before delivery (a bad header): there is nobody known to tell."""
+    async def _bounce(
+        self,
+        delivery: Delivery,
+        envelope: Envelope | None,
+        header: bytes,
+        refused: tuple[str, ...] = (),
+    ) -> bool:
+        """Tell the sender (or the postmaster) before a refused message is dropped, or of the
+        `refused` recipients of one the others took; False if that failed, so that a dropped
+        message stays on the server. `envelope` is None for a message refused before delivery
+        (a bad header): there is nobody known to tell."""
         to = bounce_recipient(
             envelope.sender if envelope else "",
             bouncemail=self.globals.bouncemail,
@@ -571,13 +617,13 @@ class AccountPoll:
         )
         if to is None:
             return True  # the null sender is never bounced to
-        recipients = envelope.recipients if envelope else [self.user.remote]
+        recipients = list(refused) or (envelope.recipients if envelope else [self.user.remote])
         host = local_hostname()
         bounce = build_bounce(
             to=to, recipients=recipients, delivery=delivery, original_header=header,
             local_host=host,
         )
-        sink = SmtpSink(self.user.smtphunt, helo_name=host)
+        sink = SmtpSink(self.user.smtphunt, lmtp=self.user.lmtp, helo_name=host)
         try:
             result = await sink.deliver(*bounce)
         except PyfetchError as err:
@@ -590,12 +636,23 @@ class AccountPoll:
         return result.outcome is Outcome.ACCEPTED
 
     async def _deliver(
-        self, ahead: _Ahead, mailbox: ThreadedMailbox, *, skip: frozenset[str] = frozenset()
+        self,
+        ahead: _Ahead,
+        mailbox: ThreadedMailbox,
+        *,
+        skip: frozenset[str] = frozenset(),
+        refused: tuple[str, ...] = (),
     ) -> _Fetched:
         """The delivery of the message, with the envelope and edited header a bounce would
-        need. `skip`: recipients that have it already (nobody left: it is delivered)."""
+        need. `skip`: recipients that have it already (nobody left: it is delivered).
+        `refused`: the recipients the listener refused for good; it goes to the postmaster."""
         protocol = mailbox.protocol
         arriving = ahead.info.size if ahead.streamed is not None else None
+        resolve = None
+        if self.user.multidrop and self.server.dns and not refused:
+            if self._resolver is None:
+                self._resolver = TimedResolver(min(DNS_TIMEOUT, self.server.timeout or DNS_TIMEOUT))
+            resolve = self._resolver
 
         def prepared_message() -> tuple[tuple[Envelope, Message] | Delivery, int | None]:
             spool = ahead.body
@@ -615,11 +672,19 @@ class AccountPoll:
                 peer_address=mailbox.peer_address,
                 for_mda=self.user.mda is not None and self.user.bsmtp is None,
                 arriving=arriving,
+                resolve=resolve,
+                note=_route_note,
+                refused=refused,
             )
             return prepared, header_octets
 
-        prepared, header_octets = await ahead.off_loop(prepared_message)
-        if isinstance(prepared, Delivery):  # refused before delivery (bad header)
+        if resolve is not None:
+            # Routing may ask DNS, which blocks: on a thread, each name bounded by a timeout,
+            # so that neither this poll nor the others wait on a resolver that does not answer.
+            prepared, header_octets = await asyncio.to_thread(prepared_message)
+        else:
+            prepared, header_octets = await ahead.off_loop(prepared_message)
+        if isinstance(prepared, Delivery):  # refused before delivery (bad header, DNS, ...)
             return _Fetched(prepared, None, b"", header_octets)
         envelope, message = prepared
         if skip:
@@ -715,6 +780,15 @@ class _Fetched:
     envelope: Envelope | None  # None: refused before delivery, nobody known to bounce to
     header: bytes  # as edited for delivery
     header_octets: int | None  # the header's size as fetched, for IMAP's progress line
+
+
+def _route_note(line: str) -> None:
+    # fetchmail says how it routed a multidrop message at -vv (O_DEBUG), which pyfetch's trace
+    # has no level for: the logger's DEBUG, as the MDA command line.
+    _routing_log.debug("%s", line)
+
+
+_routing_log = logging.getLogger(trace.TRACE_LOGGER)
 
 
 def _spool() -> BinaryIO:
