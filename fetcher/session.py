@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar, cast
@@ -730,6 +731,7 @@ class _Ahead:
     progress: BinaryIO  # whose tell() says how much has arrived
     task: asyncio.Task[int]
     streamed: GrowingSpool | None
+    closer: _Closer
 
     @classmethod
     def start(
@@ -737,13 +739,19 @@ class _Ahead:
     ) -> _Ahead:
         if not stream:
             spool = _spool()
-            task = asyncio.ensure_future(mailbox.retrieve(info.number, spool, peek=peek))
-            return cls(info, spool, spool, task, None)
+            closer = _Closer(spool.close)
+            task = asyncio.ensure_future(
+                mailbox.retrieve(info.number, spool, peek=peek, then=closer.writer_done)
+            )
+            return cls(info, spool, spool, task, None, closer)
         growing = GrowingSpool()
         writer = cast(BinaryIO, growing)
-        task = asyncio.ensure_future(mailbox.retrieve(info.number, writer, peek=peek))
+        closer = _Closer(growing.close)
+        task = asyncio.ensure_future(
+            mailbox.retrieve(info.number, writer, peek=peek, then=closer.writer_done)
+        )
         task.add_done_callback(lambda done: growing.finish(_failure(done)))
-        return cls(info, growing.reader(), writer, task, growing)
+        return cls(info, growing.reader(), writer, task, growing, closer)
 
     async def off_loop(self, call: Callable[..., _T], *args: Any) -> _T:
         """`call(*args)` reads the message: on a thread while it may still be arriving (a
@@ -754,13 +762,38 @@ class _Ahead:
 
     def drop(self) -> None:
         """Done with, or not wanted after all (the session ends): a read still going on
-        finishes on its own (its connection is closing); what it read is thrown away."""
+        finishes on its own (its connection is closing); what it read is thrown away, and
+        the spool is closed once the connection's thread is done with it."""
         self.task.cancel()
         self.task.add_done_callback(_quietly)
         if self.streamed is not None:
-            self.streamed.close()  # a reader still waiting gives up
-        else:
-            self.body.close()
+            self.streamed.finish(SpoolBroken("the message was given up"))  # readers give up
+        self.closer.dropped()
+
+
+class _Closer:
+    """Closes a spool once both its reader has dropped it and the connection's thread is done
+    writing to it, whichever comes last."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self._lock = threading.Lock()
+        self._waiting_for = {"writer", "reader"}
+
+    def writer_done(self) -> None:
+        self._done("writer")
+
+    def dropped(self) -> None:
+        self._done("reader")
+
+    def _done(self, side: str) -> None:
+        with self._lock:
+            if not self._waiting_for:
+                return
+            self._waiting_for.discard(side)
+            last = not self._waiting_for
+        if last:
+            self._close()
 
 
 def _failure(task: asyncio.Task[int]) -> BaseException | None:

@@ -72,7 +72,11 @@ class GrowingSpool:
             self._cond.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
-        """The text is complete, or will never be (`error`). Readers wake up either way."""
+        """The text is complete, or will never be (`error`). Readers wake up either way.
+        Once given up (`close()`), later news changes nothing."""
+        with self._cond:
+            if self._done:
+                return
         if error is None:
             try:
                 self._publish()
@@ -88,6 +92,10 @@ class GrowingSpool:
             self._cond.notify_all()
 
     def close(self) -> None:
+        """Not wanted any more: a reader still waiting gives up. Call it only once no writer
+        is writing (fetcher/session.py closes spools from the connection's thread's side):
+        a file closed under a writer's feet could see its descriptor number reused by
+        another file while the writer still holds it."""
         self.finish(SpoolBroken("the message was given up"))
         self._file.close()
 

@@ -54,8 +54,20 @@ class ThreadedMailbox:
     async def list_messages(self) -> list[MessageInfo]:
         return await self._worker.call(self.driver.list_messages)
 
-    async def retrieve(self, number: int, out: BinaryIO, *, peek: bool) -> int:
-        return await self._worker.call(lambda: self.driver.retrieve(number, out, peek=peek))
+    async def retrieve(
+        self, number: int, out: BinaryIO, *, peek: bool, then: Callable[[], None] | None = None
+    ) -> int:
+        """`then` runs on the connection's thread once the driver is done with `out`, even if
+        the awaiting task was cancelled long before (the thread cannot be)."""
+
+        def retrieve() -> int:
+            try:
+                return self.driver.retrieve(number, out, peek=peek)
+            finally:
+                if then is not None:
+                    then()
+
+        return await self._worker.call(retrieve)
 
     async def delete(self, number: int) -> None:
         await self._worker.call(self.driver.delete, number)
