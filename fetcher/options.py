@@ -626,15 +626,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None, ("plugin",), "command", _Text("server", "plugin"),
         help="specify external command to open connection",
         man="""
-            fetchmail's command that makes the connection to the server (through ssh, say).
-            pyfetch reads it and shows it with `-V` and `--configdump`, but connects directly.
+            Reach the server through *command*, whose standard input and output are the
+            connection (rcfile: `plugin`), e.g. `--plugin "ssh -C %h /usr/sbin/imapd"`. `%h`
+            becomes the server's name and `%p` the service; see TUNNELS. TLS works over it as
+            over a socket.
         """,
     ),
     OptionSpec(
         None, ("plugout",), "command", _Text("server", "plugout"),
         help="specify external command to open smtp connection",
         man="""
-            As `--plugin`, for the connection to the MTA; pyfetch does not act on it either.
+            As `--plugin`, for the connection to each SMTP or LMTP listener given as a host
+            (rcfile: `plugout`): `%h` becomes its host and `%p` its port; see TUNNELS.
         """,
     ),
     OptionSpec(
