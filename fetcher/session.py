@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -51,6 +52,7 @@ from fetcher.plan import (
 from fetcher.report import Reporter
 from fetcher.sinks.base import Delivery, Envelope, Outcome, Sink
 from fetcher.sinks.smtp import SmtpSink
+from fetcher.sizewarning import SizeWarnings, build_size_warning, warning_recipients
 from fetcher.uidstore import Identity, StoreService, account_key
 from fetcher.worker import Worker
 
@@ -112,6 +114,7 @@ class AccountPoll:
         check_only: bool = False,
         folder: str | None = None,
         stopping: asyncio.Event | None = None,
+        size_warnings: SizeWarnings | None = None,
     ) -> None:
         self.server = server
         self.folder = folder
@@ -128,6 +131,10 @@ class AccountPoll:
         self.in_delivery = False  # between handing a message over and its durable record
         self._sink: Sink | None = None
         self._batch = 0  # messages handed to the current sink connection
+        # A detached daemon's mail about messages over `limit` (fetcher.sizewarning): when it
+        # was last sent, and the sizes of those this poll found.
+        self.size_warnings = size_warnings
+        self._oversized: list[int] = []
         self._worker = Worker(f"poll {user.remote}@{server.pollname}")
 
     async def run(self) -> PollResult:
@@ -137,6 +144,7 @@ class AccountPoll:
             if user.preconnect is not None:
                 await self._worker.call(run_hook, user.preconnect, "pre-connection")
             result = await self._poll()
+            await self._warn_of_oversized()
             if user.postconnect is not None:
                 await self._worker.call(run_hook, user.postconnect, "post-connection")
             return result
@@ -296,11 +304,15 @@ class AccountPoll:
                         await self._fetch(mailbox, plan, info, total, expect=expect)
                     case Remove(message=info, reason=reason):
                         await self._delete_many(mailbox, plan, [info])
+                        if reason == "oversized":
+                            self._oversized.append(info.size)
                         report.message_skipped(
                             user.remote, server.queryname, info.shown_as, info.size, reason,
                             flushed=True,  # as fetchmail says it, whatever the server answered
                         )
                     case Skip(message=info, reason=reason):
+                        if reason == "oversized":
+                            self._oversized.append(info.size)
                         report.message_skipped(
                             user.remote, server.queryname, info.shown_as, info.size, reason,
                             flushed=False,
@@ -497,6 +509,36 @@ class AccountPoll:
             return ""
         return "LMTP" if self.user.lmtp else "SMTP"
 
+    async def _warn_of_oversized(self) -> None:
+        """Mail the list of the messages over `limit` this poll found, if a warning is due
+        (fetcher.sizewarning). A failure to send it is said, and changes nothing else: the
+        messages are where they were, and the next poll tries again."""
+        warnings, sizes = self.size_warnings, self._oversized
+        if warnings is None or not sizes:
+            return
+        user, server = self.user, self.server
+        mailbox = f"{user.remote}@{server.pollname}" + (f"/{self.folder}" if self.folder else "")
+        now = time.monotonic()
+        if not warnings.due(mailbox, now, user.warnings):
+            return
+        envelope, message = build_size_warning(
+            sizes=sizes, deleted=user.limitflush, server=server.pollname, account=user.remote,
+            recipients=warning_recipients(user, self.globals),
+            sender_domain=user.smtpaddress or local_hostname(),
+        )
+        if self._sink is None:
+            self._sink = self.make_sink(server, user, self.globals)
+        try:
+            delivery = await self._sink.deliver(envelope, message)
+        except PyfetchError as err:
+            delivery = Delivery(Outcome.TEMPFAIL, reply=err.message)
+        if delivery.outcome is Outcome.ACCEPTED:
+            warnings.sent(mailbox, now)
+        else:
+            self.reporter.error(
+                f"could not send the oversized-messages warning for {mailbox}: {delivery.reply}"
+            )
+
     async def _bounce(self, delivery: Delivery, envelope: Envelope | None, header: bytes) -> bool:
         """Tell the sender (or the postmaster) before a refused message is dropped; False if
         that failed, so that the message stays on the server. `envelope` is None for a
@@ -514,7 +556,7 @@ class AccountPoll:
             to=to, recipients=recipients, delivery=delivery, original_header=header,
             local_host=host,
         )
-        sink = SmtpSink(self.user.smtphunt, helo_name=host)
+        sink = SmtpSink(self.user.smtphunt, helo_name=host, plugout=self.server.plugout)
         try:
             result = await sink.deliver(*bounce)
         except PyfetchError as err:
