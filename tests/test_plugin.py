@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,36 @@ def test_a_plugout_that_fails_keeps_the_mail_and_exits_10(
     assert run_fetchmail(home).returncode == 10
     assert dovecot.messages("bob") == MESSAGES[:1]
     assert smtpd.transactions == []
+
+
+def test_a_run_stopped_while_a_plugin_hangs_ends_the_command(
+    home: Path, tmp_path: Path, dovecot: Dovecot, smtpd: SMTPServer
+) -> None:
+    """SIGTERM gives up on a poll still waiting after a few seconds (README); the command it
+    waits on is ended with it, not left running after the run."""
+    hang = tmp_path / "hang"
+    hang.write_text(f"#!/bin/sh\necho $$ >> {tmp_path}/pids\nexec sleep 600 2>/dev/null\n")
+    hang.chmod(0o755)
+    write_rc(home, f'proto imap timeout 300 plugin "{hang}"', "sslproto ''", smtpd)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LC_ALL": "C",
+           "PYTHONPATH": str(TESTS.parent)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fetcher", "--pidfile", str(home / "pyfetch.pid")],
+        env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert "terminated with signal 15" in out, out + err
+    pid = int((tmp_path / "pids").read_text())
+    try:
+        assert not _running(pid)
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ fetcher.tls)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -154,6 +155,14 @@ class Endpoint:
         for process in plugins:
             process.finish()
             self._ended_plugin = process
+
+    def abandon(self) -> None:
+        """The run gave up on this connection, whose thread may be stuck in a read: end its
+        plugin command now rather than let it outlive the run (the read then sees the end of
+        the connection, and the thread goes). Never raises."""
+        for process in self._plugins:
+            with contextlib.suppress(OSError):
+                process.process.terminate()
 
     def _where(self, port: int | None) -> str:
         """The connection, as messages name it: `host:port`, or the host and the command."""
