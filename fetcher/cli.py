@@ -52,7 +52,9 @@ def _load_config(cmd: CommandLine, env: Environment) -> Config:
 
         tree = tomlconfig.load(path, secure=secure)
     else:
-        tree = rcfile.load(path, secure=secure)
+        # -y: fetchmail traces its parser; pyfetch says what each token was read as
+        trace = (lambda line: _report(f"yydebug: {line}")) if cmd.yydebug else None
+        tree = rcfile.load(path, secure=secure, trace=trace)
     overrides = Overrides(cmd.global_overrides, cmd.server_overrides, cmd.user_overrides)
     return build(
         tree,
@@ -125,7 +127,8 @@ def _poll(cmd: CommandLine, env: Environment, config: Config) -> ExitCode:
             detach(claimed, interval, outputs.logfile)
         console = logsetup.open_console(outputs)
         reporter = Reporter(
-            verbose=cmd.verbose, silent=cmd.silent, daemon=interval > 0, console=console
+            verbose=cmd.verbose, silent=cmd.silent, daemon=interval > 0, console=console,
+            showdots=config.globals.showdots and not outputs.syslog,
         )
         trace.setup(cmd.verbose, console)
         try:
@@ -133,6 +136,7 @@ def _poll(cmd: CommandLine, env: Environment, config: Config) -> ExitCode:
                 config, reporter, check_only=cmd.check,
                 parallel=cmd.parallel,
                 reload=functools.partial(_reload, cmd, env),
+                warn_sizes=outputs.detached,
             ).execute()
         except Exception as err:  # what ends the run is said where its other lines went
             text, code = _failure(err)
@@ -149,7 +153,15 @@ def _check_pollable(config: Config) -> None:
     accounts = config.selected_accounts()
     if not accounts:
         raise ConfigError("no mailservers have been specified.")
-    problems = [p for server, user in accounts for p in unsupported(server, user)]
+    problems: list[str] = []
+    for server, user in accounts:
+        # Where to look: the poll entry's line in the rcfile (none for a server named only
+        # on the command line), and its name.
+        where = f"{config.rcfile}:{server.line}: " if config.rcfile and server.line else ""
+        for reason in unsupported(server, user):
+            problem = f"{where}{server.pollname}: {reason}"
+            if problem not in problems:  # said once for an entry with several accounts
+                problems.append(problem)
     if problems:
         raise ConfigError("\npyfetch: ".join(problems))
 

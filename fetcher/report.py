@@ -22,6 +22,8 @@ from fetcher.errors import (
 )
 from fetcher.model import ServerOptions, UserOptions
 
+DOT_OCTETS = 1024  # fetchmail's SIZETICKER: `showdots` prints a dot per this many octets
+
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
@@ -35,11 +37,15 @@ class Reporter:
         silent: bool = False,
         daemon: bool = False,
         console: Console | None = None,
+        showdots: bool = False,
     ) -> None:
         self.verbose = verbose
         self.silent = silent and not verbose  # fetchmail: the last of -s and -v wins
         self.daemon = daemon  # a daemon keeps quiet about polls that found nothing
         self.console = console or Console()
+        # `set showdots` (not with syslog): fetchmail's progress marks on each message's line,
+        # wherever the lines go, logfiles included.
+        self.showdots = showdots
 
     def _progress(self, line: str) -> None:
         if not self.silent:
@@ -82,14 +88,24 @@ class Reporter:
         self, user: str, server: str, number: int, total: int, octets: int, flushed: bool,
         header_octets: int | None = None,
     ) -> None:
-        """With `header_octets` (IMAP), the sizes of header and body, as fetchmail shows them."""
+        """With `header_octets` (IMAP), the sizes of header and body, as fetchmail shows them.
+        With showdots, fetchmail's marks too: a dot per kilobyte read, `#` once the header
+        was handed on and `*` once the body was."""
         if self.silent:
             return
         result = "flushed" if flushed else "not flushed"
+        marks = self.showdots
+        dots = octets // DOT_OCTETS
         if header_octets is None:
-            size = f"({octets} octets)"
+            size = f"({octets} octets)" + (f" #{'.' * dots}*" if marks else "")
         else:
-            size = f"({header_octets} header octets) ({octets - header_octets} body octets)"
+            body = f"({octets - header_octets} body octets)"
+            if marks:
+                head_dots = header_octets // DOT_OCTETS
+                body += f" {'.' * (dots - head_dots)}*"
+                size = f"({header_octets} header octets) {'.' * head_dots}# {body}"
+            else:
+                size = f"({header_octets} header octets) {body}"
         self._progress(f"reading message {user}@{server}:{number} of {total} {size} {result}")
 
     def message_skipped(

@@ -42,11 +42,20 @@ from fetcher.drivers.pop3 import Pop3Driver
 from fetcher.errors import PyfetchError
 from fetcher.exitcodes import ExitCode
 from fetcher.idle import FolderWatch, Timing, WatchFactory, watch_connection
+from fetcher.interface import (
+    MONITOR_QUIESCE,
+    Link,
+    MonitorCounts,
+    interface_skip,
+    monitor_skip,
+    read_link,
+)
 from fetcher.model import Config, ServerOptions, UserOptions
 from fetcher.report import Reporter, describe_failure
 from fetcher.schedule import Health, after_poll, due, period, run_status, together
 from fetcher.session import AccountPoll, DriverFactory, SinkFactory
 from fetcher.sinks.factory import sink_for
+from fetcher.sizewarning import SizeWarnings
 from fetcher.uidstore import StoreService, UidStore
 
 DEFAULT_PARALLEL = 4  # polls at once; 1 polls in rcfile order, one after the other, as fetchmail
@@ -114,12 +123,13 @@ def mailboxes(config: Config) -> list[Mailbox]:
 
 @dataclass
 class Factories:
-    """How a run makes its connections; tests replace them."""
+    """How a run makes its connections, and looks at network links; tests replace them."""
 
     driver: DriverFactory = default_driver
     sink: SinkFactory = sink_for
     watch: WatchFactory = watch_connection
     timing: Timing = field(default_factory=Timing)
+    link: Callable[[str], Link | None] = read_link  # `interface` and `monitor`
 
 
 # Reads the rcfile again (same command line, no prompting); raises PyfetchError if it is bad.
@@ -142,6 +152,7 @@ class Run:
         parallel: int | None = None,
         reload: Reload | None = None,
         factories: Factories | None = None,
+        warn_sizes: bool = False,
     ) -> None:
         self.config = config
         self.reporter = reporter
@@ -162,6 +173,11 @@ class Run:
         self._polls: dict[asyncio.Task[object], AccountPoll] = {}  # every poll under way
         self._watching: dict[str, _Watching] = {}
         self._gave_up: dict[str, tuple[object, ...]] = {}  # watches that ended on their own
+        # A daemon in the background mails its user about messages over `limit`, as fetchmail
+        # does (not a single run, not -N): fetcher.sizewarning
+        self._size_warnings = SizeWarnings() if warn_sizes and self.daemon else None
+        self._monitor = MonitorCounts()  # `monitor`: each mailbox's link count after a poll
+        self._unmonitored: set[str] = set()  # woken by a signal: polled whatever `monitor` says
         self._rcfile_stamp = _stamp(config.rcfile)
 
     # -- the run -----------------------------------------------------------------------------
@@ -301,6 +317,7 @@ class Run:
         for name, mailbox in self._mailboxes.items():
             if not mailbox.watched:
                 self._next_poll[name] = now
+                self._unmonitored.add(name)  # as fetchmail: a wake-up is not for `monitor`
 
     def _say(self, what: str, tail: str = "") -> None:
         """`sleeping at ...` and `awakened at ...`: with -v, or on a terminal when the lines do
@@ -322,7 +339,16 @@ class Run:
             if self._stopping.is_set():
                 return ExitCode.NOMAIL
             with self.reporter.console.group():
+                skip = self._link_skip(mailbox, monitor=timed)
+                if skip is not None:
+                    # Not polled: no status of its own for the run's exit code, and a daemon
+                    # looks again at its next time, as after a poll that found nothing.
+                    self.reporter.info(f"skipping poll of {mailbox.server.pollname}, {skip}")
+                    if timed and self.daemon:
+                        self._reschedule(mailbox, ExitCode.NOMAIL, None)
+                    return ExitCode.NOMAIL
                 status, failure = await self._poll_now(mailbox)
+                self._note_link(mailbox)
                 self._status[mailbox.name] = status
                 self.retrieved = self.retrieved or status is ExitCode.SUCCESS
                 say, note = True, None
@@ -339,6 +365,38 @@ class Run:
             # fetchmail daemon does after each cycle, rather than let the journal grow.
             await self.store.save()
         return status
+
+    def _link_skip(self, mailbox: Mailbox, *, monitor: bool) -> str | None:
+        """Why `interface` or `monitor` skips this poll now (fetchmail's words after "skipping
+        poll of HOST, "), or None. `monitor` only for a timed poll that no signal asked for;
+        a poll that an IDLE watch asks for has its news already."""
+        server = mailbox.server
+        woken = mailbox.name in self._unmonitored
+        self._unmonitored.discard(mailbox.name)
+        if server.interface is not None:
+            why = interface_skip(server.interface, self.factories.link(server.interface))
+            if why is not None:
+                return f"{server.interface} {why}"
+        if server.monitor is not None and monitor and not woken:
+            link = self.factories.link(server.monitor)
+            if monitor_skip(self._monitor.noted(mailbox.name), link):
+                return f"{server.monitor} inactive"
+        return None
+
+    def _note_link(self, mailbox: Mailbox) -> None:
+        """After a daemon's poll of a `monitor` mailbox: note its link's count once the poll's
+        last packets are through (a single run has no next poll to compare)."""
+        if mailbox.server.monitor is None or not self.daemon:
+            return
+
+        def note() -> None:
+            link = self.factories.link(monitor)
+            if link is not None:
+                order = [(name, m.server.monitor) for name, m in self._mailboxes.items()]
+                self._monitor.note(order, mailbox.name, link.packets)
+
+        monitor = mailbox.server.monitor
+        asyncio.get_running_loop().call_later(MONITOR_QUIESCE, note)
 
     def _reschedule(
         self, mailbox: Mailbox, status: ExitCode, failure: str | None
@@ -363,6 +421,7 @@ class Run:
             server, user, self.config.globals, self.store, self.reporter,
             self.factories.driver, self.factories.sink,
             check_only=self.check_only, folder=mailbox.folder, stopping=self._stopping,
+            size_warnings=self._size_warnings,
         )
         task: asyncio.Task[object] | None = asyncio.current_task()
         if task is not None:

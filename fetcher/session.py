@@ -15,6 +15,7 @@ import logging
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar, cast
@@ -55,6 +56,7 @@ from fetcher.resolver import DEFAULT_TIMEOUT as DNS_TIMEOUT
 from fetcher.resolver import TimedResolver
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome, Sink
 from fetcher.sinks.smtp import SmtpSink
+from fetcher.sizewarning import SizeWarnings, build_size_warning, warning_recipients
 from fetcher.spool import GrowingSpool, SpoolBroken
 from fetcher.uidstore import DIGEST_OCTETS, Identity, StoreService, account_key
 from fetcher.worker import Worker
@@ -125,6 +127,7 @@ class AccountPoll:
         check_only: bool = False,
         folder: str | None = None,
         stopping: asyncio.Event | None = None,
+        size_warnings: SizeWarnings | None = None,
     ) -> None:
         self.server = server
         self.folder = folder
@@ -142,6 +145,10 @@ class AccountPoll:
         self._sink: Sink | None = None
         self._batch = 0  # messages handed to the current sink connection
         self._resolver: TimedResolver | None = None  # multidrop DNS answers, for this poll
+        # A detached daemon's mail about messages over `limit` (fetcher.sizewarning): when it
+        # was last sent, and the sizes of those this poll found.
+        self.size_warnings = size_warnings
+        self._oversized: list[int] = []
         self._worker = Worker(f"poll {user.remote}@{server.pollname}")
 
     async def run(self) -> PollResult:
@@ -151,6 +158,7 @@ class AccountPoll:
             if user.preconnect is not None:
                 await self._worker.call(run_hook, user.preconnect, "pre-connection")
             result = await self._poll()
+            await self._warn_of_oversized()
             if user.postconnect is not None:
                 await self._worker.call(run_hook, user.postconnect, "post-connection")
             return result
@@ -310,11 +318,15 @@ class AccountPoll:
                         await self._fetch(mailbox, plan, info, total, expect=expect)
                     case Remove(message=info, reason=reason):
                         await self._delete_many(mailbox, plan, [info])
+                        if reason == "oversized":
+                            self._oversized.append(info.size)
                         report.message_skipped(
                             user.remote, server.queryname, info.shown_as, info.size, reason,
                             flushed=True,  # as fetchmail says it, whatever the server answered
                         )
                     case Skip(message=info, reason=reason):
+                        if reason == "oversized":
+                            self._oversized.append(info.size)
                         report.message_skipped(
                             user.remote, server.queryname, info.shown_as, info.size, reason,
                             flushed=False,
@@ -600,6 +612,36 @@ class AccountPoll:
             return ""
         return "LMTP" if self.user.lmtp else "SMTP"
 
+    async def _warn_of_oversized(self) -> None:
+        """Mail the list of the messages over `limit` this poll found, if a warning is due
+        (fetcher.sizewarning). A failure to send it is said, and changes nothing else: the
+        messages are where they were, and the next poll tries again."""
+        warnings, sizes = self.size_warnings, self._oversized
+        if warnings is None or not sizes:
+            return
+        user, server = self.user, self.server
+        mailbox = f"{user.remote}@{server.pollname}" + (f"/{self.folder}" if self.folder else "")
+        now = time.monotonic()
+        if not warnings.due(mailbox, now, user.warnings):
+            return
+        envelope, message = build_size_warning(
+            sizes=sizes, deleted=user.limitflush, server=server.pollname, account=user.remote,
+            recipients=warning_recipients(user, self.globals),
+            sender_domain=user.smtpaddress or local_hostname(),
+        )
+        if self._sink is None:
+            self._sink = self.make_sink(server, user, self.globals)
+        try:
+            delivery = await self._sink.deliver(envelope, message)
+        except PyfetchError as err:
+            delivery = Delivery(Outcome.TEMPFAIL, reply=err.message)
+        if delivery.outcome is Outcome.ACCEPTED:
+            warnings.sent(mailbox, now)
+        else:
+            self.reporter.error(
+                f"could not send the oversized-messages warning for {mailbox}: {delivery.reply}"
+            )
+
     async def _bounce(
         self,
         delivery: Delivery,
@@ -624,7 +666,9 @@ class AccountPoll:
             to=to, recipients=recipients, delivery=delivery, original_header=header,
             local_host=host,
         )
-        sink = SmtpSink(self.user.smtphunt, lmtp=self.user.lmtp, helo_name=host)
+        sink = SmtpSink(
+            self.user.smtphunt, lmtp=self.user.lmtp, helo_name=host, plugout=self.server.plugout
+        )
         try:
             result = await sink.deliver(*bounce)
         except PyfetchError as err:

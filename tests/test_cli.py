@@ -254,8 +254,8 @@ def test_unsupported_protocol_is_refused_when_polling(home: Path) -> None:
     result = pyfetch(home=home)
     assert result.returncode == 5
     assert result.stderr == (
-        "pyfetch: relay.isp.net: ETRN (asking an SMTP server to flush its queue) is not "
-        "supported\n"
+        f"pyfetch: {home / '.fetchmailrc'}:1: relay.isp.net: ETRN (asking an SMTP server to "
+        "flush its queue) is not supported\n"
     )
 
 

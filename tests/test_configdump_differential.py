@@ -313,10 +313,7 @@ PYFETCH_ONLY_PREFIXES = (
     "Errors will be logged via syslog",
     "Syslog socket ",
 )
-INSTEAD_OF_FETCHMAILS = {
-    "WILL show progress dots even in logfiles.":
-        "pyfetch shows no progress dots: showdots has no effect.",
-}
+INSTEAD_OF_FETCHMAILS: dict[str, str] = {}
 
 
 def _as_fetchmail_would(ours: list[str], theirs: list[str]) -> tuple[list[str], list[str]]:

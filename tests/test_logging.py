@@ -405,11 +405,10 @@ def test_version_says_where_the_lines_go(
     assert said == [line.format(**values) for line in fetchmail_says + pyfetch_adds]
 
 
-def test_version_does_not_promise_progress_dots(home: Path, closed_port: int) -> None:
+def test_version_promises_progress_dots_as_fetchmail(home: Path, closed_port: int) -> None:
     write_rcfile(home, "set showdots\n" + dead(closed_port))
     version = run(home, "-V")
-    assert "pyfetch shows no progress dots: showdots has no effect.\n" in version.stdout
-    assert "will show progress dots" not in version.stdout  # fetchmail's line
+    assert "pyfetch will show progress dots even in logfiles.\n" in version.stdout
 
 
 # -- the root warning -------------------------------------------------------------------------

@@ -789,7 +789,8 @@ def test_connect_factory_can_be_replaced() -> None:
     calls: list[tuple[str, int, float, ssl.SSLContext | None]] = []
 
     def factory(
-        host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+        host: str, port: int, *, timeout: float, context: ssl.SSLContext | None,
+        opener: object,
     ) -> poplib.POP3:
         calls.append((host, port, timeout, context))
         return poplib.POP3(host, port, timeout)  # the stock class works too

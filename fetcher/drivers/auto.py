@@ -87,3 +87,7 @@ class AutoDriver:
 
     def close(self) -> None:
         self._chosen.close()
+
+    def abandon(self) -> None:
+        self._imap.abandon()
+        self._pop3.abandon()

@@ -37,7 +37,7 @@ from imapclient.response_parser import gen_parsed_response  # type: ignore[impor
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
-from fetcher.drivers.endpoint import Endpoint, read_line
+from fetcher.drivers.endpoint import Endpoint, SocketOpener, peer_address, read_line
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
     oauth_error_status,
@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 PROTO = "IMAP"
 DEFAULT_PORT = 143
 DEFAULT_SSL_PORT = 993
+SERVICE = "imap"  # fetchmail's names for them: what a plugin's `%p` stands for by default
+SSL_SERVICE = "imaps"
 DEFAULT_FOLDER = "INBOX"
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
@@ -104,7 +106,8 @@ class _Refused(ProtocolError):
 
 
 class _TracedIMAP4(imaplib.IMAP4):
-    """imaplib.IMAP4 on a socket we open (TCP_NODELAY, our TLS context), tracing each line.
+    """imaplib.IMAP4 on a stream we open (TCP with TCP_NODELAY, or a plugin; our TLS
+    context), tracing each line.
 
     Lines sent are traced when complete; lines received are traced as read. Literals (message
     text) are read with read(), which is not traced. A line longer than MAX_LINE, or a literal
@@ -112,9 +115,15 @@ class _TracedIMAP4(imaplib.IMAP4):
     """
 
     def __init__(
-        self, host: str, port: int, timeout: float, context: ssl.SSLContext | None
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        context: ssl.SSLContext | None,
+        opener: SocketOpener,
     ) -> None:
         self._context = context
+        self._opener = opener
         self.trace_secrets: list[str] = []
         self._pending = b""
         self.max_literal = MAX_LITERAL
@@ -130,9 +139,9 @@ class _TracedIMAP4(imaplib.IMAP4):
         return super().capability()
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout)
+        assert timeout is not None  # _Client always gives one: no socket waits for ever
+        sock = self._opener(timeout)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:
                 # The socket's timeout also bounds the handshake (CVE-2011-1947).
                 return self._context.wrap_socket(sock, server_hostname=self.host)
@@ -189,32 +198,55 @@ class _Client(IMAPClient):  # type: ignore[misc]
     """IMAPClient on our transport; `ssl=False` so that it never builds a context itself."""
 
     def __init__(
-        self, host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        context: ssl.SSLContext | None,
+        opener: SocketOpener,
     ) -> None:
         self._our_context = context
+        self._opener = opener
         super().__init__(host, port, use_uid=True, ssl=False, timeout=timeout)
         # imapclient sets imaplib's debug level to 5, which logs LOGIN's arguments verbatim.
         self._imap.debug = 0
 
     def _create_IMAP4(self) -> imaplib.IMAP4:
-        return _TracedIMAP4(self.host, self.port, self._timeout.connect, self._our_context)
+        return _TracedIMAP4(
+            self.host, self.port, self._timeout.connect, self._our_context, self._opener
+        )
 
 
 class ConnectFactory(Protocol):
     """Opens an IMAP connection and reads the greeting and capabilities; tests pass their own.
 
+    `opener` makes the stream (a TCP connection, or a plugin's pipe: Endpoint._connect_socket).
     With a context, TLS is negotiated before the greeting (implicit TLS, port 993). The result
     is an imapclient.IMAPClient made with use_uid=True.
     """
 
     def __call__(
-        self, host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        context: ssl.SSLContext | None,
+        opener: SocketOpener,
     ) -> Any: ...
 
 
-def open_connection(host: str, port: int, *, timeout: float, context: ssl.SSLContext | None) -> Any:
+def open_connection(
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    context: ssl.SSLContext | None,
+    opener: SocketOpener,
+) -> Any:
     """The default ConnectFactory."""
-    return _Client(host, port, timeout=timeout, context=context)
+    return _Client(host, port, timeout=timeout, context=context, opener=opener)
 
 
 def quote(text: str) -> str:
@@ -252,6 +284,8 @@ class ImapDriver(Endpoint):
     piece = 4 << 20  # octets: larger messages are fetched in parts of this size
     DEFAULT_PORT = DEFAULT_PORT
     DEFAULT_SSL_PORT = DEFAULT_SSL_PORT
+    SERVICE = SERVICE
+    SSL_SERVICE = SSL_SERVICE
 
     def __init__(
         self,
@@ -508,17 +542,17 @@ class ImapDriver(Endpoint):
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.shutdown()
-        except Exception:
-            imap = getattr(conn, "_imap", None)
-            for name in ("file", "sock"):
-                thing = getattr(imap, name, None)
-                if thing is not None:
-                    with contextlib.suppress(Exception):
-                        thing.close()
+        if conn is not None:
+            try:
+                conn.shutdown()
+            except Exception:
+                imap = getattr(conn, "_imap", None)
+                for name in ("file", "sock"):
+                    thing = getattr(imap, name, None)
+                    if thing is not None:
+                        with contextlib.suppress(Exception):
+                            thing.close()
+        self._end_plugins()
 
     # -- watching a folder (IDLE, RFC 2177) ----------------------------------------------
     #
@@ -637,10 +671,14 @@ class ImapDriver(Endpoint):
     def _open(self, port: int, context: ssl.SSLContext | None) -> None:
         try:
             conn = self._connect_factory(
-                self.host, port, timeout=float(self.timeout), context=context
+                self.host,
+                port,
+                timeout=float(self.timeout),
+                context=context,
+                opener=lambda timeout: self._connect_socket(port, timeout),
             )
-        except TLSError:
-            raise  # a pin mismatch, already worded
+        except ServerConnectionError:
+            raise  # a pin mismatch or a plugin that cannot run, already worded
         except _Refused as err:  # imaplib closed the socket
             raise self._refused(err, "the greeting") from err
         except TimeoutError as err:
@@ -650,7 +688,8 @@ class ImapDriver(Endpoint):
             raise TLSError(f"{self.label}: {reason}") from err
         except imaplib.IMAP4.abort as err:
             raise ServerConnectionError(
-                f"connection to {self.host}:{port} lost: {self._shown(_text(err))}"
+                f"connection to {self._where(port)} lost: {self._shown(_text(err))}"
+                f"{self._lost_note()}"
             ) from err
         except imaplib.IMAP4.error as err:
             # imaplib refuses a greeting other than OK or PREAUTH (e.g. BYE), or a non-IMAP4rev1
@@ -663,17 +702,15 @@ class ImapDriver(Endpoint):
         except OSError as err:
             reason = err.strerror or str(err)
             raise ServerConnectionError(
-                f"connection to {self.host}:{port} failed: {reason}"
+                f"connection to {self._where(port)} failed: {reason}"
             ) from err
         self._conn = conn
-        trace.note(f"Trying to connect to {self.host}/{port}...connected.")
+        if self.server.plugin is None:
+            trace.note(f"Trying to connect to {self.host}/{port}...connected.")
         imap = conn._imap
         if isinstance(imap, _TracedIMAP4):
             imap.trace_secrets = self._secrets  # shared: secrets added later are redacted too
-        try:
-            self.peer_address = str(imap.sock.getpeername()[0])
-        except (OSError, AttributeError, IndexError, TypeError):
-            self.peer_address = None
+        self.peer_address = peer_address(imap.sock)
         welcome = conn.welcome
         if isinstance(welcome, bytes):
             welcome = welcome.decode("utf-8", "replace")
@@ -708,7 +745,7 @@ class ImapDriver(Endpoint):
                 self.close()
                 raise TLSError(
                     f"{self.label}: upgrade to TLS failed: the server greeted with PREAUTH, "
-                    "so STARTTLS is impossible"
+                    f"so STARTTLS is impossible{self._plugin_tls_hint()}"
                 )
             return
         if "STARTTLS" not in self.capabilities:
@@ -716,6 +753,7 @@ class ImapDriver(Endpoint):
                 self.close()
                 raise TLSError(
                     f"{self.label}: upgrade to TLS failed: the server does not offer STARTTLS"
+                    f"{self._plugin_tls_hint()}"
                 )
             return
         checking = None if unverified is not None else self._checking_context()
@@ -942,7 +980,8 @@ class ImapDriver(Endpoint):
             self.close()
             text = self._shown(_text(err))
             raise ServerConnectionError(
-                f"connection to {self.host}:{self.port} lost during {what}: {text}"
+                f"connection to {self._where(self.port)} lost during {what}: {text}"
+                f"{self._lost_note()}"
             ) from err
         except imaplib.IMAP4.error as err:
             text = self._shown(_text(err))
@@ -966,7 +1005,7 @@ class ImapDriver(Endpoint):
             self.close()
             reason = err.strerror or str(err) or type(err).__name__
             raise ServerConnectionError(
-                f"connection to {self.host}:{self.port} lost: {reason}"
+                f"connection to {self._where(self.port)} lost: {reason}{self._lost_note()}"
             ) from err
 
     def _redact(self, text: str) -> str:

@@ -32,7 +32,7 @@ from typing import BinaryIO, Literal, Protocol, cast
 
 from fetcher import tls, trace
 from fetcher.drivers.base import MessageInfo
-from fetcher.drivers.endpoint import Endpoint, read_line
+from fetcher.drivers.endpoint import Endpoint, SocketOpener, peer_address, read_line
 from fetcher.drivers.sasl import (
     OAUTH_MECHANISMS,
     Secrets,
@@ -57,6 +57,8 @@ from fetcher.model import ServerOptions, UserOptions
 PROTO = "POP3"
 DEFAULT_PORT = 110
 DEFAULT_SSL_PORT = 995
+SERVICE = "pop3"  # fetchmail's names for them: what a plugin's `%p` stands for by default
+SSL_SERVICE = "pop3s"
 # The most of one message line held in memory: a longer line is written on in pieces of about
 # this size. Not a limit: a message line may be any length.
 MAX_LINE = 1024 * 1024
@@ -76,11 +78,18 @@ MAX_AUTH_LINE = 255
 class ConnectFactory(Protocol):
     """Opens a POP3 connection and reads the greeting; tests pass their own.
 
+    `opener` makes the stream (a TCP connection, or a plugin's pipe: Endpoint._connect_socket).
     With a context, TLS is negotiated before the greeting (implicit TLS, port 995).
     """
 
     def __call__(
-        self, host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        context: ssl.SSLContext | None,
+        opener: SocketOpener,
     ) -> poplib.POP3: ...
 
 
@@ -90,12 +99,19 @@ class _ConnectTimeout(TimeoutError):
 
 
 class _Pop3Connection(poplib.POP3):
-    """poplib.POP3 with TCP_NODELAY, our TLS context, and no socket leak on a bad greeting."""
+    """poplib.POP3 on our stream (TCP with TCP_NODELAY, or a plugin), our TLS context, and no
+    socket leak on a bad greeting."""
 
     def __init__(
-        self, host: str, port: int, timeout: float, context: ssl.SSLContext | None
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        context: ssl.SSLContext | None,
+        opener: SocketOpener,
     ) -> None:
         self._context = context
+        self._opener = opener
         try:
             super().__init__(host, port, timeout)
         except BaseException:
@@ -104,12 +120,10 @@ class _Pop3Connection(poplib.POP3):
 
     def _create_socket(self, timeout: float) -> socket.socket:
         try:
-            sock = socket.create_connection((self.host, self.port), timeout)
+            sock = self._opener(timeout)
         except TimeoutError as err:
             raise _ConnectTimeout(*err.args) from err
         try:
-            # Commands are short and each waits for its reply: Nagle only adds latency.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:
                 # The socket's timeout also bounds the handshake (CVE-2011-1947).
                 return self._context.wrap_socket(sock, server_hostname=self.host)
@@ -123,10 +137,15 @@ class _Pop3Connection(poplib.POP3):
 
 
 def open_connection(
-    host: str, port: int, *, timeout: float, context: ssl.SSLContext | None
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    context: ssl.SSLContext | None,
+    opener: SocketOpener,
 ) -> poplib.POP3:
     """The default ConnectFactory."""
-    return _Pop3Connection(host, port, timeout, context)
+    return _Pop3Connection(host, port, timeout, context, opener)
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,8 @@ class Pop3Driver(Endpoint):
     protocol = PROTO
     DEFAULT_PORT = DEFAULT_PORT
     DEFAULT_SSL_PORT = DEFAULT_SSL_PORT
+    SERVICE = SERVICE
+    SSL_SERVICE = SSL_SERVICE
 
     def __init__(
         self,
@@ -321,16 +342,21 @@ class Pop3Driver(Endpoint):
                 conn.close()
             except Exception:
                 _close_quietly(conn)
+        self._end_plugins()
 
     # -- connection and TLS --------------------------------------------------------------
 
     def _open(self, port: int, context: ssl.SSLContext | None) -> None:
         try:
             conn = self._connect_factory(
-                self.host, port, timeout=float(self.timeout), context=context
+                self.host,
+                port,
+                timeout=float(self.timeout),
+                context=context,
+                opener=lambda timeout: self._connect_socket(port, timeout),
             )
-        except TLSError:
-            raise  # a pin mismatch, already worded
+        except ServerConnectionError:
+            raise  # a pin mismatch or a plugin that cannot run, already worded
         except _ConnectTimeout as err:
             raise self._timeout_error("connect") from err
         except TimeoutError as err:
@@ -345,17 +371,15 @@ class Pop3Driver(Endpoint):
         except OSError as err:
             reason = err.strerror or str(err)
             raise ServerConnectionError(
-                f"connection to {self.host}:{port} failed: {reason}"
+                f"connection to {self._where(port)} failed: {reason}"
             ) from err
         self._conn = conn
-        trace.note(f"Trying to connect to {self.host}/{port}...connected.")
+        if self.server.plugin is None:
+            trace.note(f"Trying to connect to {self.host}/{port}...connected.")
         # A factory may hand us something that is not TCP; latency is all we would lose.
         with contextlib.suppress(OSError, AttributeError):
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            self.peer_address = str(conn.sock.getpeername()[0])
-        except (OSError, AttributeError, IndexError, TypeError):
-            self.peer_address = None
+        self.peer_address = peer_address(conn.sock)
         self.greeting = conn.welcome.decode("utf-8", "replace")  # as sent: APOP reads it
         trace.received(PROTO, self._shown(self.greeting))
 
@@ -365,7 +389,8 @@ class Pop3Driver(Endpoint):
             # poplib's own complaint, not the server's words: "-ERR EOF" or "line too long".
             if "EOF" in str(arg):
                 return ServerConnectionError(
-                    f"connection to {self.host}:{port} lost: the server closed it before greeting"
+                    f"connection to {self._where(port)} lost: the server closed it before "
+                    f"greeting{self._lost_note()}"
                 )
             return ProtocolError(f"{self.label}: bad greeting: {arg}")
         text = self._shown(arg.decode("utf-8", "replace"))
@@ -389,7 +414,7 @@ class Pop3Driver(Endpoint):
         reply = self._command("STLS")
         if not reply.ok:
             if required:
-                raise TLSError(f"{self.label}: upgrade to TLS failed.")
+                raise TLSError(f"{self.label}: upgrade to TLS failed.{self._plugin_tls_hint()}")
             return  # opportunistic: the server said no; the connection is still usable
         conn = self._require_connection()
         if self._plaintext_pending(conn):
@@ -792,7 +817,8 @@ class Pop3Driver(Endpoint):
         """The server closed the connection in the middle of a reply."""
         self._abort()
         return ServerConnectionError(
-            f"connection to {self.host}:{self.port} lost: the server closed it during the {what}"
+            f"connection to {self._where(self.port)} lost: the server closed it during the "
+            f"{what}{self._lost_note()}"
         )
 
     def _shown(self, text: str) -> str:
@@ -824,7 +850,9 @@ class Pop3Driver(Endpoint):
 
     def _lost(self, err: OSError) -> ServerConnectionError:
         reason = err.strerror or str(err) or type(err).__name__
-        return ServerConnectionError(f"connection to {self.host}:{self.port} lost: {reason}")
+        return ServerConnectionError(
+            f"connection to {self._where(self.port)} lost: {reason}{self._lost_note()}"
+        )
 
 
 # A message number or size never has more digits than this (a billion terabytes); a server

@@ -100,6 +100,9 @@ class ThreadedMailbox:
         thread end after whatever it is stuck in, without waiting for it."""
         self._ended = True
         self._worker.close()
+        abandon = getattr(self.driver, "abandon", None)  # a driver with a plugin command
+        if abandon is not None:
+            abandon()
 
     async def _end(self, how: Callable[[], None]) -> None:
         self._ended = True

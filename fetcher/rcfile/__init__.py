@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 
 from fetcher.errors import PermissionsError
+from fetcher.rcfile.lexer import KEYWORD_NAMES, tokenize
 from fetcher.rcfile.parser import Entry, RcFile, UserBlock, parse
 
 __all__ = ["Entry", "RcFile", "UserBlock", "check_permissions", "load", "parse"]
@@ -38,10 +40,14 @@ def check_permissions(path: str) -> None:
         raise PermissionsError(f"File {path} must be owned by you.")
 
 
-def load(path: str, *, secure: bool = True) -> RcFile | None:
+def load(
+    path: str, *, secure: bool = True, trace: Callable[[str], object] | None = None
+) -> RcFile | None:
     """Read and parse the rcfile at `path` ("-" is stdin); None if there is no such file.
 
-    `secure=False` skips the permission check, as `-V` does in fetchmail.
+    `secure=False` skips the permission check, as `-V` does in fetchmail. `trace` (`-y`) is
+    given a line for each token read: its line number and kind, never a string's text, which
+    may be a password.
     """
     if secure:
         check_permissions(path)
@@ -55,4 +61,7 @@ def load(path: str, *, secure: bool = True) -> RcFile | None:
             return None
         except OSError as exc:
             raise PermissionsError(f"open: {path}: {exc.strerror}") from None
+    if trace is not None:
+        for token in tokenize(data, path):
+            trace(f"{path}:{token.line}: token {KEYWORD_NAMES[token.kind]}")
     return parse(data, path)

@@ -28,4 +28,5 @@ def sink_for(server: ServerOptions, user: UserOptions, globals_: GlobalOptions) 
         antispam=user.antispam,
         stripcr=user.stripcr,
         forcecr=user.forcecr,
+        plugout=server.plugout,
     )

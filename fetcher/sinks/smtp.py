@@ -31,7 +31,7 @@ from aiosmtplib.auth import auth_crammd5_verify, auth_login_encode, auth_plain_e
 from aiosmtplib.errors import SMTPAuthenticationError
 from aiosmtplib.esmtp import parse_esmtp_extensions
 
-from fetcher import trace
+from fetcher import plugin, trace
 from fetcher.errors import ConfigError, ListenerUnavailableError
 from fetcher.message import convert_line_ends, dot_stuff_chunks, read_chunks
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
@@ -75,6 +75,7 @@ class ListenerAddress:
     port: int | None
     path: str | None  # a Unix socket path
     lmtp: bool
+    service: str = "smtp"  # the port as written ("smtp" when none is): a plugout's `%p`
 
     @property
     def protocol(self) -> str:
@@ -114,7 +115,8 @@ def parse_hunt_entry(entry: str, *, lmtp: bool) -> ListenerAddress:
             raise ConfigError(f"invalid port in smtphost {entry!r}")
     if lmtp and port in (None, SMTP_PORT):
         raise ConfigError(f"{entry}: LMTP can't use default SMTP port")
-    return ListenerAddress(entry, host, SMTP_PORT if port is None else port, None, lmtp)
+    port = SMTP_PORT if port is None else port
+    return ListenerAddress(entry, host, port, None, lmtp, port_text or "smtp")
 
 
 class _Broken(Exception):
@@ -160,11 +162,16 @@ class _Wire:
     replies, each line traced."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: ListenerAddress
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: ListenerAddress,
+        process: plugin.PluginProcess | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.address = address
+        self.process = process  # the plugout command this connection goes through, if any
         self.protocol = address.protocol
         self.extensions: dict[str, str] = {}
         self.auth_methods: list[str] = []
@@ -172,7 +179,11 @@ class _Wire:
         self.last_used = time.monotonic()
 
     @classmethod
-    async def open(cls, address: ListenerAddress, timeout: float) -> _Wire:
+    async def open(
+        cls, address: ListenerAddress, timeout: float, plugout: str | None = None
+    ) -> _Wire:
+        if plugout is not None and address.host is not None:
+            return await cls._through(plugout, address)
         try:
             async with asyncio.timeout(timeout):
                 if address.path is not None:
@@ -201,6 +212,32 @@ class _Wire:
             # transports already; we say it here because the throughput depends on it.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(reader, writer, address)
+
+    @classmethod
+    async def _through(cls, command: str, address: ListenerAddress) -> _Wire:
+        """The connection through a `plugout` command: its standard input and output (see
+        fetcher.plugin), timed and traced as a socket. A socket path never takes one, as in
+        fetchmail."""
+        assert address.host is not None
+        trace.note(plugin.describe(command, address.host, address.service))
+        try:
+            sock, process = plugin.start("plugout", command, address.host, address.service)
+        except OSError as exc:
+            raise _Unreachable(str(exc)) from None
+        try:
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=_LINE_LIMIT)
+        except BaseException:
+            sock.close()
+            process.finish_in_background()
+            raise
+        return cls(reader, writer, address, process)
+
+    async def _closed_note(self) -> str:
+        """How the plugout command ended, when the connection was closed under us."""
+        if self.process is None:
+            return ""
+        return await asyncio.to_thread(self.process.exit_note)
 
     def _timed_out(self, timeout: float) -> _Broken:
         where = self.address.entry
@@ -238,7 +275,7 @@ class _Wire:
         except TimeoutError:
             raise self._timed_out(timeout) from None
         except asyncio.IncompleteReadError:
-            raise _Broken("listener closed the connection") from None
+            raise _Broken(f"listener closed the connection{await self._closed_note()}") from None
         except asyncio.LimitOverrunError:
             raise _Broken("listener reply line too long") from None
         except OSError as exc:
@@ -278,6 +315,8 @@ class _Wire:
     def abort(self) -> None:
         """Drop the connection at once: its state is unknown, so nothing more is said."""
         self.writer.transport.abort()
+        if self.process is not None:
+            self.process.finish_in_background()
 
     async def quit(self, timeout: float) -> None:
         with contextlib.suppress(_Broken):
@@ -288,6 +327,8 @@ class _Wire:
                 await self.writer.wait_closed()
         except (TimeoutError, OSError):
             pass
+        if self.process is not None:
+            await asyncio.to_thread(self.process.finish)
 
 
 def _envelope_verdict(accepted: Sequence[str], refusals: Sequence[_Reply]) -> _Reply | None:
@@ -324,6 +365,7 @@ class SmtpSink:
         stripcr: bool = False,
         forcecr: bool = False,
         chunk_size: int = CHUNK_SIZE,
+        plugout: str | None = None,
     ) -> None:
         if not helo_name or _CONTROL.search(helo_name) or " " in helo_name:
             raise ConfigError(f"invalid name for EHLO: {helo_name!r}")
@@ -337,6 +379,7 @@ class SmtpSink:
         self._stripcr = stripcr
         self._forcecr = forcecr
         self._chunk_size = chunk_size
+        self._plugout = plugout  # a command to reach each host/port listener through
         self._wire: _Wire | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on the one connection
 
@@ -399,7 +442,12 @@ class SmtpSink:
                 wire = await self._open_one(address)
             except _Broken as exc:
                 trace.warning(f"connection to {address.where} failed: {exc}.")
-                failures.append(f"{address.protocol} connect to {address.entry} failed ({exc})")
+                through = ""
+                if self._plugout is not None and address.path is None:
+                    through = f' through plugout "{self._plugout}"'
+                failures.append(
+                    f"{address.protocol} connect to {address.entry}{through} failed ({exc})"
+                )
                 continue
             return wire
         raise ListenerUnavailableError("; ".join(failures))
@@ -418,8 +466,9 @@ class SmtpSink:
         return await self._hello(address, f"HELO {self._helo_name}")
 
     async def _hello(self, address: ListenerAddress, hello: str) -> _Wire:
-        wire = await _Wire.open(address, self._timeouts.connect)
-        trace.note(f"Trying to connect to {address.where}...connected.")
+        wire = await _Wire.open(address, self._timeouts.connect, self._plugout)
+        if wire.process is None:
+            trace.note(f"Trying to connect to {address.where}...connected.")
         try:
             greeting = await wire.reply(self._timeouts.greeting)
             if greeting.code // 100 != 2:
