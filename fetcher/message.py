@@ -50,7 +50,6 @@ __all__ = [
     "body_type",
     "check_mda_template",
     "convert_line_ends",
-    "dot_stuff_chunks",
     "edit_header",
     "envelope_sender",
     "first_address",
@@ -62,6 +61,7 @@ __all__ = [
     "received_header",
     "recipient_addresses",
     "rewrite_addresses",
+    "smtp_data_chunks",
 ]
 
 # fetchmail grows its header buffer without bound; a hostile server could then make us hold
@@ -850,45 +850,52 @@ def convert_line_ends(
     return (chunk for chunk in chunks if chunk)
 
 
-def _stuff(chunk: bytes) -> bytes:
-    """Double every dot that follows a LF or a CR in `chunk`. A dot after a CR counts too: a
-    listener that takes a bare CR as a line end would otherwise see `<CR>.<CR><LF>` as the
-    end of the data (SMTP smuggling). Two replaces rather than a regular expression: a
-    hundred megabytes go through here, and a doubled dot never makes a new match."""
-    return chunk.replace(b"\n.", b"\n..").replace(b"\r.", b"\r..")
+# A line end in mail that may break RFC 5322: an LF, or a run of CRs with or without an LF after
+# it (a run of CRs before an LF counts once, as `read_header` counts it in the header).
+_ANY_LINE_END = re.compile(rb"\r+\n?|\n")
 
 
-def dot_stuff_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """SMTP DATA bytes (RFC 5321 4.5.2): a `.` that starts a line gets another `.`, the data
-    ends with CRLF; the caller sends the final `.` CRLF. Correct across chunk boundaries.
+def smtp_data_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """SMTP DATA bytes (RFC 5321 4.5.2) from a message's bytes: every line end made CRLF, a `.`
+    that starts a line doubled, and the data ended with CRLF; the caller sends the final
+    `.` CRLF. Feed it the header too, `smtp_data_chunks(chain([message.header], body))`: with
+    `bad-header accept` a header line may start with a dot. The same whatever the chunk
+    boundaries; nothing in, nothing out.
 
-    A line starts at the beginning of the data and after every LF or CR. Feed it the header
-    too, `dot_stuff_chunks(chain([message.header], body))`: with `bad-header accept` a header
-    line may start with a dot. A bare LF at the very end becomes CRLF, so that the terminator
-    is recognised; nothing in, nothing out.
+    A line end is an LF, or a run of CRs with or without an LF after it (see
+    `_ANY_LINE_END`). Servers that break the RFC send bare LFs, and the odd message has bare
+    CRs: every listener reads CRLF lines alike, whereas a bare LF or CR is a line end to some
+    and not to others. So, after this, the lines the listener sees are the lines the dots were
+    stuffed by: no line gains a dot, and no `.` after a bare CR or LF can end the data early
+    (SMTP smuggling). A message of bare-LF lines is so delivered in lines, rather than refused
+    as one line megabytes long.
+
+    Chunks that are CRLF lines already (all that a well-behaved server sends) are checked by
+    counting, not rewritten.
     """
+    swallow = False  # the last chunk ended in a CR: further CRs and one LF are its line end
     line_start = True
-    last = -1  # the last byte yielded
-    held = b""  # a final bare LF, kept back in case it is the end of the data
+    any_out = False
     for chunk in chunks:
+        if swallow and chunk:
+            rest = chunk.lstrip(b"\r")
+            if not rest:
+                continue  # still the same run of CRs
+            swallow = False
+            chunk = rest[1:] if rest[0] == LF else rest
         if not chunk:
             continue
-        out = _stuff(chunk)
-        if line_start and chunk[0] == 0x2E:
+        crlf = chunk.count(b"\r\n")
+        if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
+            swallow = chunk[-1] == CR
+            chunk = _ANY_LINE_END.sub(b"\r\n", chunk)
+        out = chunk.replace(b"\n.", b"\n..")
+        if line_start and out[0] == 0x2E:
             out = b"." + out
-        line_start = chunk[-1] in (CR, LF)
-        out = held + out
-        held = b""
-        if out[-1] == LF and not (out[-2:] == b"\r\n" or (len(out) == 1 and last == CR)):
-            held, out = b"\n", out[:-1]
-        if out:
-            last = out[-1]
-            yield out
-    if held:
-        yield b"\r\n"
-    elif last == CR:
-        yield b"\n"
-    elif last not in (-1, LF):
+        line_start = out[-1] == LF
+        any_out = True
+        yield out
+    if any_out and not line_start:
         yield b"\r\n"
 
 

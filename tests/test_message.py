@@ -28,7 +28,6 @@ from fetcher.message import (
     body_type,
     check_mda_template,
     convert_line_ends,
-    dot_stuff_chunks,
     edit_header,
     envelope_sender,
     first_address,
@@ -41,6 +40,7 @@ from fetcher.message import (
     recipient_addresses,
     rewrite_addresses,
     rfc822_timestamp,
+    smtp_data_chunks,
 )
 from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
@@ -592,13 +592,12 @@ def ref_line_ends(data: bytes, stripcr: bool, forcecr: bool) -> bytes:
     return data
 
 
-def ref_dot_stuff(data: bytes) -> bytes:
-    out = re.sub(rb"(?:^|(?<=[\r\n]))\.", b"..", data)
-    if not out or out.endswith(b"\r\n"):
-        return out
-    if out.endswith(b"\n"):
-        return out[:-1] + b"\r\n"
-    return out + (b"\n" if out.endswith(b"\r") else b"\r\n")
+def ref_smtp_data(data: bytes) -> bytes:
+    """CRLF for every line end (an LF, or CRs with or without an LF), dots doubled at line
+    starts, a final CRLF."""
+    out = re.sub(rb"\r+\n?|\n", b"\r\n", data)
+    out = re.sub(rb"(?:^|(?<=\n))\.", b"..", out)
+    return out + b"\r\n" if out and not out.endswith(b"\r\n") else out
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -637,22 +636,27 @@ def test_convert_line_ends(
         ([b"a\r\n", b".b\r\n"], b"a\r\n..b\r\n"),  # dot at the start of the next chunk
         ([b"a\r", b"\n", b".", b"\r\n"], b"a\r\n..\r\n"),
         ([b"a.b\r\n"], b"a.b\r\n"),  # only at line start
-        ([b"a\n.b\n"], b"a\n..b\r\n"),  # bare LF: still a line start; the end gets its CR
-        ([b"a\r.b\r\n"], b"a\r..b\r\n"),  # bare CR too (SMTP smuggling)
+        ([b"a\n.b\n"], b"a\r\n..b\r\n"),  # a bare LF is a line end, sent as CRLF
+        ([b"a\r.b\r\n"], b"a\r\n..b\r\n"),  # a bare CR too (SMTP smuggling)
+        ([b"a\r\r\nb\r\n"], b"a\r\nb\r\n"),  # CRs before an LF: one line end
+        ([b"a\r", b"\r", b"", b"\r\nb"], b"a\r\nb\r\n"),
+        ([b"a\r\rb"], b"a\r\nb\r\n"),
+        ([b"a\n\r\nb"], b"a\r\n\r\nb\r\n"),
         ([b"no newline"], b"no newline\r\n"),
         ([b"ends in CR\r"], b"ends in CR\r\n"),
         ([b"ends in LF\n"], b"ends in LF\r\n"),
         ([b"ends in LF", b"\n"], b"ends in LF\r\n"),
         ([b"ends in CR", b"\r", b"\n"], b"ends in CR\r\n"),
-        ([b"a\n", b"\n"], b"a\n\r\n"),
+        ([b"a\n", b"\n"], b"a\r\n\r\n"),
         ([b"."], b"..\r\n"),
         ([b"\n"], b"\r\n"),
+        ([b"\r"], b"\r\n"),
         ([b"", b""], b""),
         ([], b""),
     ],
 )
-def test_dot_stuff_chunks(chunks: list[bytes], expected: bytes) -> None:
-    assert b"".join(dot_stuff_chunks(chunks)) == expected
+def test_smtp_data_chunks(chunks: list[bytes], expected: bytes) -> None:
+    assert b"".join(smtp_data_chunks(chunks)) == expected
 
 
 PIECES = [b"\r", b"\n", b"\r\n", b".", b"..", b"a", b"\0", b"\xff"]
@@ -670,12 +674,13 @@ def test_line_ends_do_not_depend_on_chunking(
 
 
 @given(DATA, CUTS)
-def test_dot_stuffing_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
-    out = b"".join(dot_stuff_chunks(split(data, cuts)))
-    assert out == ref_dot_stuff(data)
-    # nothing before the caller's final ".\r\n" reads as an end of data, even to a listener
-    # that takes a lone CR or LF as a line end
-    assert re.search(rb"(?:^|[\r\n])\.[\r\n]", out) is None
+def test_smtp_data_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    out = b"".join(smtp_data_chunks(split(data, cuts)))
+    assert out == ref_smtp_data(data)
+    # every line end is CRLF, so every listener sees the same lines, and nothing before the
+    # caller's final ".\r\n" reads as an end of data
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", out) is None
+    assert re.search(rb"(?:^|\n)\.\r", out) is None
     assert not out or out.endswith(b"\r\n")
 
 
@@ -698,7 +703,7 @@ def test_header_and_body_stream_together() -> None:
     spool = io.BytesIO(b"Subject: x\n\n.line\nlast")
     header = edit_header(read_header(spool), received=None, for_mda=False, server_name="s")
     chunks = itertools.chain([header], read_chunks(spool, 2))
-    data = b"".join(dot_stuff_chunks(convert_line_ends(chunks, forcecr=True)))
+    data = b"".join(smtp_data_chunks(chunks))
     assert data == b"Subject: x\r\n\r\n..line\r\nlast\r\n"
 
 

@@ -199,9 +199,14 @@ def test_nothing_is_opened_without_a_message(smtpd: SMTPServer) -> None:
     assert smtpd.events == []
 
 
-def test_forcecr_turns_bare_lf_into_crlf(smtpd: SMTPServer) -> None:
-    deliver_all(sink_for(entry(smtpd), forcecr=True), (envelope(), message(body=b"one\ntwo\n.\n")))
-    assert smtpd.messages == [HEADER + b"one\r\ntwo\r\n.\r\n"]
+def test_bare_line_ends_go_out_as_crlf_lines(smtpd: SMTPServer) -> None:
+    """A server that breaks the RFC sends bare LFs; a listener reads CRLF lines. The dots are
+    stuffed by those lines: none is added to, or taken from, what is delivered."""
+    body = b"one\ntwo\n.\n..two dots\n.one dot\rmac\rend"
+    deliver_all(sink_for(entry(smtpd)), (envelope(), message(body=body)))
+    assert smtpd.messages == [
+        HEADER + b"one\r\ntwo\r\n.\r\n..two dots\r\n.one dot\r\nmac\r\nend\r\n"
+    ]
 
 
 # -- SMTP: the trace ------------------------------------------------------------------------------

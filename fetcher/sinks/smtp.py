@@ -33,7 +33,7 @@ from aiosmtplib.esmtp import parse_esmtp_extensions
 
 from fetcher import trace
 from fetcher.errors import ConfigError, ListenerUnavailableError
-from fetcher.message import convert_line_ends, dot_stuff_chunks, read_chunks
+from fetcher.message import smtp_data_chunks
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 
 CHUNK_SIZE = 65536  # bytes per DATA write; large writes are what keep Nagle out of the way
@@ -319,8 +319,6 @@ class SmtpSink:
         esmtp_password: str | None = None,
         antispam: Iterable[int] = (),
         timeouts: SmtpTimeouts | None = None,
-        stripcr: bool = False,
-        forcecr: bool = False,
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         if not helo_name or _CONTROL.search(helo_name) or " " in helo_name:
@@ -332,8 +330,6 @@ class SmtpSink:
         self._esmtp_password = esmtp_password
         self._antispam = frozenset(antispam)
         self._timeouts = timeouts or SmtpTimeouts()
-        self._stripcr = stripcr
-        self._forcecr = forcecr
         self._chunk_size = chunk_size
         self._wire: _Wire | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on the one connection
@@ -666,10 +662,10 @@ class SmtpSink:
 
     def _stuffed(self, message: Message) -> Iterator[bytes]:
         # The header goes through the same line-end handling and stuffing as the body: with
-        # `bad-header accept` a header line could start with a dot too.
-        chunks = itertools.chain([message.header], read_chunks(message.body, self._chunk_size))
-        converted = convert_line_ends(chunks, stripcr=self._stripcr, forcecr=self._forcecr)
-        return dot_stuff_chunks(converted)
+        # `bad-header accept` a header line could start with a dot too. Every line end becomes
+        # CRLF whatever stripcr or forcecr say: they are for MDAs; SMTP and LMTP take CRLF.
+        chunks = itertools.chain([message.header], message.body_chunks(self._chunk_size))
+        return smtp_data_chunks(chunks)
 
     async def _lmtp_replies(
         self, wire: _Wire, accepted: list[str], refused: dict[str, str]
