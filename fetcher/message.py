@@ -463,31 +463,42 @@ def return_path(header: RawHeader) -> HeaderField | None:
     return None
 
 
-def envelope_sender(header: RawHeader, *, remote_user: str, server_name: str) -> str:
+def envelope_sender(
+    header: RawHeader, *, remote_user: str, server_name: str, rewrite: bool = False
+) -> str:
     """MAIL FROM as fetchmail computes it, without the angle brackets; "" is the null sender.
 
-    The first Return-Path; else the last Resent-Sender, Sender (either only if it holds @ or
-    !), Resent-From, From, Reply-To, Apparently-From, in that order. `<>` in Return-Path stays
-    the null sender; no address, an empty one or one starting with @ gives
-    `remote_user@server_name` (a dotted quad in brackets, the remote user alone if it has @ or
-    !); an address without @ or ! gets `@server_name`. An address with control characters
-    (folded across lines, or a CR that could end an SMTP command) is not used either.
+    As in fetchmail, `rewrite` (reply_hack) qualifies the header's addresses first, and the
+    sender is picked from what it made of them: the first Return-Path; else, of each in this
+    order, the last Resent-Sender, Sender (either only if it holds @ or !, so `Sender: carol`
+    counts once `rewrite` made it `carol@server`), Resent-From, From, Reply-To,
+    Apparently-From, the first that has an address. `<>` in Return-Path stays the null sender;
+    no address, an empty one or one starting with @ gives `remote_user@server_name` (a dotted
+    quad in brackets, the remote user alone if it has @ or !); an address without @ or ! gets
+    `@server_name`. An address with control characters (folded across lines, or a CR that
+    could end an SMTP command) is not used either.
     """
+    host = server_name.encode("utf-8", "replace")
+
+    def value(field: HeaderField) -> bytes:
+        if rewrite and field.name in REWRITTEN_FIELDS:
+            return rewrite_addresses(field.value, host)
+        return field.value
+
     address: bytes | None = None
     rp = return_path(header)
     if rp is not None:
-        address = first_address(rp.value)
+        address = first_address(value(rp))
         if address == b"":
             return ""
     else:
         for name in _SENDER_FALLBACKS:
-            candidates = header.all(name)
+            values = [value(field) for field in header.all(name)]
             if name in (b"sender", b"resent-sender"):
-                candidates = [f for f in candidates if _has_host_part(f.value)]
-            for field in reversed(candidates):
-                address = first_address(field.value)
-                if address is not None:
-                    break
+                values = [v for v in values if _has_host_part(v)]
+            # fetchmail keeps where the last one of each is; one without an address there
+            # passes to the next name, not to an earlier field of the same name
+            address = first_address(values[-1]) if values else None
             if address is not None:
                 break
     text = address.decode("utf-8", "replace") if address is not None else ""
@@ -1068,7 +1079,9 @@ def prepare(
     )
     edited = _assembled(header, kept, first_received, received, headerless)
     envelope = Envelope(
-        sender=envelope_sender(header, remote_user=user.remote, server_name=server_name),
+        sender=envelope_sender(
+            header, remote_user=user.remote, server_name=server_name, rewrite=user.rewrite
+        ),
         recipients=names if for_mda else rcpt,
         size=len(edited) + body_octets,
         eight_bit=body_type(header, pass8bits=user.pass8bits, mimedecode=user.mimedecode)

@@ -256,6 +256,8 @@ ISP = "mail.isp.net"
         (b"Apparently-From: a@x.org\r\n", "a@x.org"),
         (b"From: first@x.org\r\nFrom: last@x.org\r\n", "last@x.org"),  # as fetchmail
         (b"From: (no address)\r\nReply-To: r@x.org\r\n", "r@x.org"),
+        # only the last From counts: without an address there, Reply-To is next (fetchmail)
+        (b"From: f@x.org\r\nFrom: (none)\r\nReply-To: r@x.org\r\n", "r@x.org"),
         (b"From: <>\r\n", f"rb@{ISP}"),  # only Return-Path carries the null sender
         (b"From: Alice Smith <alice@example.org>\r\n", "alice@example.org"),
         (b"From: carol\r\n", f"carol@{ISP}"),
@@ -283,6 +285,28 @@ def test_envelope_sender(header: bytes, sender: str) -> None:
 def test_envelope_sender_fallback(header: bytes, remote: str, server: str, sender: str) -> None:
     raw = header_of(header + b"\r\n")
     assert envelope_sender(raw, remote_user=remote, server_name=server) == sender
+
+
+@pytest.mark.parametrize(
+    ("header", "server", "sender"),
+    [
+        # fetchmail qualifies the header's addresses first, so an unqualified Sender counts
+        (b"From: f@x.org\r\nSender: carol\r\n", ISP, f"carol@{ISP}"),
+        (b"From: f@x.org\r\nResent-Sender: erin\r\nSender: s@x.org\r\n", ISP, f"erin@{ISP}"),
+        (b"Sender: carol\r\nSender: dave@x.org\r\nFrom: f@x.org\r\n", ISP, "dave@x.org"),
+        (b"From: f@x.org\r\nSender: Carol Smith <carol>\r\n", ISP, f"carol@{ISP}"),
+        (b"From: f@x.org\r\nSender: <>\r\n", ISP, "f@x.org"),  # nothing to qualify
+        (b"From: carol\r\n", ISP, f"carol@{ISP}"),
+        (b"Return-Path: <>\r\nSender: carol\r\n", ISP, ""),
+        # qualified by the rewrite, not by the sink: as fetchmail, no brackets
+        (b"Return-Path: <carol>\r\n", "10.0.0.1", "carol@10.0.0.1"),
+        (b"Sender: carol\r\nFrom: f@x.org\r\n", "10.0.0.1", "carol@10.0.0.1"),
+        (b"Subject: none\r\n", "10.0.0.1", "rb@[10.0.0.1]"),
+    ],
+)
+def test_envelope_sender_after_rewrite(header: bytes, server: str, sender: str) -> None:
+    raw = header_of(header + b"\r\n")
+    assert envelope_sender(raw, remote_user="rb", server_name=server, rewrite=True) == sender
 
 
 # --- recipients ----------------------------------------------------------------------------
@@ -1018,3 +1042,20 @@ def test_prepare_headerless() -> None:
 def test_header_lines_keep_every_character_but_the_line_end() -> None:
     header = read_header(io.BytesIO(b"Subject: BOX\r\nX-Tag: XX\r\r\n\r\nbody"))
     assert [f.raw for f in header.fields] == [b"Subject: BOX", b"X-Tag: XX"]
+
+
+# --- prepare: the sender after rewrite ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "rewrite", "sender"),
+    [
+        (b"Sender: carol\r\nFrom: alice@example.org\r\n\r\n", True, f"carol@{ISP}"),
+        (b"Sender: carol\r\nFrom: alice@example.org\r\n\r\n", False, "alice@example.org"),
+    ],
+)
+def test_prepare_picks_the_sender_after_rewrite(data: bytes, rewrite: bool, sender: str) -> None:
+    for mda in (False, True):  # the same for MAIL FROM and for %F
+        prepared = run_prepare(data, *accounts(rewrite=rewrite), for_mda=mda)
+        assert not isinstance(prepared, Delivery)
+        assert prepared[0].sender == sender
