@@ -4,20 +4,20 @@ Pure: no I/O except reading (and, in `read_header`, seeking) the spool file hand
 works on bytes, because mail is 8-bit, may hold invalid UTF-8 or NULs, and may use bare LF line
 ends. Only the header block is held in memory (fetchmail buffers it too: it decides the sender,
 the recipients and where the Received line goes); the body stays in the spool and is streamed
-through `read_chunks`, `convert_line_ends` and `dot_stuff_chunks` in bounded chunks
-(docs/design.md, rule 6).
+in bounded chunks (`Message.body_chunks`, then `convert_line_ends` or `smtp_data_chunks`;
+docs/design.md, rule 6).
 
 Steps, in the order a poll uses them:
 
 1. `read_header` reads the header block off the spool and leaves the spool at the first body
-   byte;
-2. `envelope_sender` and `recipient_addresses` give MAIL FROM and RCPT TO, `body_type` the
-   BODY= parameter;
+   byte; with `mimedecode`, `decode_header` decodes its RFC 2047 words (`fetcher.mimedecode`);
+2. `envelope_sender` and `recipient_addresses` give MAIL FROM and RCPT TO;
 3. `received_header` builds fetchmail's trace line and `edit_header` the header block handed
-   on (or raises `BadHeaderError`);
-4. the sink streams header and body with `read_chunks` and `convert_line_ends` (stripcr,
-   forcecr) and, for SMTP, LMTP and BSMTP, `dot_stuff_chunks`; an MDA command line comes
-   from `mda_command`.
+   on (or raises `BadHeaderError`); `mimedecode.analyse` reads its MIME structure, which gives
+   `body_type` the BODY= parameter and, with `mimedecode`, the body's decoder;
+4. the sink streams header and body (decoded as it goes) through `convert_line_ends` (stripcr,
+   forcecr) for an MDA, or `smtp_data_chunks` (CRLF line ends, dot-stuffing) for SMTP, LMTP
+   and BSMTP; an MDA command line comes from `mda_command`.
 
 `prepare` strings steps 1 to 3 together for the session.
 
@@ -27,7 +27,9 @@ out of scope: when an account has several local names, the message goes to all o
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 import re
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +39,7 @@ from typing import BinaryIO, NamedTuple
 
 from fetcher import __version__
 from fetcher.errors import ConfigError
+from fetcher.mimedecode import MimeInfo, analyse, decode_body, unmime_header
 from fetcher.model import GlobalOptions, LocalName, ServerOptions, UserOptions
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 
@@ -231,6 +234,29 @@ _FIRST_READ = 8192
 _BLANK_LINE = re.compile(rb"\n[\r\0]*\n")
 _LINE_END = re.compile(rb"\r*\n")
 _FIELD_START = re.compile(rb"\r\n(?![ \t])")
+
+
+def decode_header(header: RawHeader) -> RawHeader:
+    """`mimedecode`: the header with the RFC 2047 encoded words of every field decoded, as
+    fetchmail does before anything looks at the header (`mimedecode.unmime_header`)."""
+    fields: list[HeaderField] = []
+    for field in header.fields:
+        if b"=?" in field.raw:
+            # decoded with its line end, as fetchmail does: it can matter to an unended word
+            raw = unmime_header(field.raw + b"\r\n").removesuffix(b"\r\n")
+            if raw != field.raw:
+                field = HeaderField.parse(raw)
+        fields.append(field)
+    return dataclasses.replace(header, fields=tuple(fields))
+
+
+def _bad_header_line(header: RawHeader) -> bytes | None:
+    """The first line that `edit_header` would refuse without `bad-header accept`, if any."""
+    for field in header.fields:
+        bad = field.name is None and field.raw[:1] not in (b" ", b"\t")
+        if bad and not field.is_envelope_line:
+            return field.raw.split(b"\r\n", 1)[0]
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -557,42 +583,26 @@ class BodyType(enum.Enum):
     UNDECLARED = ""  # no BODY= at all, as fetchmail does for plain non-MIME mail
 
 
-_SEVEN_BIT_ENCODINGS = frozenset({b"7bit", b"quoted-printable", b"base64"})
-_EIGHT_BIT_ENCODINGS = frozenset({b"8bit", b"binary"})
-
-
-def body_type(header: RawHeader, *, pass8bits: bool = False, mimedecode: bool = False) -> BodyType:
-    """What to declare in BODY=, from the header alone (O(header), the body is not read).
-
-    Declaring 8BITMIME for 7-bit data is harmless, declaring 7BIT for 8-bit data is not, so
-    anything that suggests 8-bit content wins:
+def body_type(mime: MimeInfo, *, header: bytes = b"", pass8bits: bool = False) -> BodyType:
+    """What to declare in BODY=, as fetchmail does, from `mimedecode.analyse`'s reading of the
+    header handed on (the body is not read):
 
     - `pass8bits` → 8BITMIME;
-    - a Content-Transfer-Encoding of 8bit or binary → 8BITMIME;
-    - a multipart/* or message/* Content-Type → 8BITMIME (a part may be 8-bit; fetchmail
-      does the same for multipart/mixed and message/*);
-    - quoted-printable with `mimedecode` → 8BITMIME (decoding makes it 8-bit);
-    - 7bit, quoted-printable or base64 under `MIME-Version: 1.0` → 7BIT;
-    - otherwise 8-bit bytes in the header → 8BITMIME, else UNDECLARED.
+    - under `MIME-Version: 1.0`: a multipart/mixed (or message/*) with a boundary, or a
+      Content-Transfer-Encoding of quoted-printable or 8bit → 8BITMIME; 7bit → 7BIT;
+    - otherwise nothing.
+
+    Two cases go further than fetchmail, because declaring 7BIT (or nothing, which means the
+    same) for 8-bit data breaks RFC 6152 while declaring 8BITMIME for 7-bit data is harmless:
+    a `binary` encoding, and a `header` (the one handed on) that holds 8-bit bytes, raw or
+    decoded by `mimedecode`, are declared 8BITMIME.
     """
-    if pass8bits:
+    if pass8bits or mime.eight_bit:
         return BodyType.EIGHT_BIT
-    encodings = {
-        (first_address(f.value) or b"").lower() for f in header.all(b"content-transfer-encoding")
-    }
-    if encodings & _EIGHT_BIT_ENCODINGS:
+    if (mime.encoding or b"").lower() == b"binary" or not header.isascii():
         return BodyType.EIGHT_BIT
-    for field in header.all(b"content-type"):
-        media = field.value.strip(b" \t\r\n").lower()
-        if media.startswith(b"multipart/") or media.startswith(b"message/"):
-            return BodyType.EIGHT_BIT
-    if mimedecode and b"quoted-printable" in encodings:
-        return BodyType.EIGHT_BIT
-    mime = any(first_address(f.value) == b"1.0" for f in header.all(b"mime-version"))
-    if mime and encodings and encodings <= _SEVEN_BIT_ENCODINGS:
+    if mime.seven_bit:
         return BodyType.SEVEN_BIT
-    if not all(f.raw.isascii() for f in header.fields):  # a byte of 0x80 or more
-        return BodyType.EIGHT_BIT
     return BodyType.UNDECLARED
 
 
@@ -1016,9 +1026,14 @@ def prepare(
     folder: str | None = None,
     local_host: str | None = None,
     now: datetime | None = None,
+    size: int = 0,
 ) -> tuple[Envelope, Message] | Delivery:
     """Read the header from `spool` (positioned at the message start) and build what the sink
-    needs. The returned Message's body is `spool` itself, at the first body byte.
+    needs. The returned Message's body is `spool` itself, at the first body byte, with the
+    `mimedecode` decoder as its filter when there is something to decode.
+
+    `size` is the message's size as the server listed it, which fetchmail declares in SIZE=
+    (0: none is declared).
 
     A message refused for a bad header comes back as a PERMFAIL Delivery with fetchmail's
     wording, so the session handles it like any other refusal.
@@ -1030,10 +1045,13 @@ def prepare(
     given.
     """
     header = read_header(spool)
-    body_start = spool.tell()
-    spool.seek(0, 2)
-    body_octets = spool.tell() - body_start
-    spool.seek(body_start)
+    accept_bad_header = server.badheader
+    if user.mimedecode:
+        # fetchmail finds a bad header line as it reads it, before it decodes the header
+        bad = None if accept_bad_header else _bad_header_line(header)
+        if bad is not None:
+            return Delivery(Outcome.PERMFAIL, reply=str(BadHeaderError(bad)))
+        header, accept_bad_header = decode_header(header), True
 
     server_name = server.queryname
     host = local_host or socket.gethostname()
@@ -1069,22 +1087,25 @@ def prepare(
             rewrite=user.rewrite,
             dropstatus=user.dropstatus,
             dropdelivered=user.dropdelivered,
-            accept_bad_header=server.badheader,
+            accept_bad_header=accept_bad_header,
         )
     except BadHeaderError as err:
         return Delivery(Outcome.PERMFAIL, reply=str(err))
+    # what fetchmail's MimeBodyType() reads (and, with mimedecode, edits) is this header
+    mime, kept = analyse(kept, want_decode=user.mimedecode)
     # edit_header's work, with the stand-in made only for a message that needs it
     headerless = b"" if kept else headerless_header(
         local_user=names[0], local_host=host, remote_user=user.remote, server_name=server_name
     )
     edited = _assembled(header, kept, first_received, received, headerless)
-    envelope = Envelope(
-        sender=envelope_sender(
-            header, remote_user=user.remote, server_name=server_name, rewrite=user.rewrite
-        ),
-        recipients=names if for_mda else rcpt,
-        size=len(edited) + body_octets,
-        eight_bit=body_type(header, pass8bits=user.pass8bits, mimedecode=user.mimedecode)
-        is BodyType.EIGHT_BIT,
+    sender = envelope_sender(
+        header, remote_user=user.remote, server_name=server_name, rewrite=user.rewrite
     )
-    return envelope, Message(edited, spool)
+    body = body_type(mime, header=b"".join(kept), pass8bits=user.pass8bits)
+    envelope = Envelope(
+        sender=sender, recipients=names if for_mda else rcpt, size=max(size, 0), body=body.value
+    )
+    decoder = None
+    if user.mimedecode and mime.needs_decode:
+        decoder = functools.partial(decode_body, info=mime)
+    return envelope, Message(edited, spool, decoder)

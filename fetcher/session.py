@@ -355,7 +355,7 @@ class AccountPoll:
                 has_it = await store.has_it(self.key, info.uid, identity)
             self.in_delivery = True
             try:
-                got = await self._deliver(spool, mailbox, skip=has_it)
+                got = await self._deliver(spool, mailbox, skip=has_it, size=info.size)
                 self._say_refusal(got)
                 step = after_delivery(got.delivery, self.policy, has_uid=info.uid is not None)
                 if step.bounce and not await self._bounce(got.delivery, got.envelope, got.header):
@@ -527,10 +527,16 @@ class AccountPoll:
         return result.outcome is Outcome.ACCEPTED
 
     async def _deliver(
-        self, spool: BinaryIO, mailbox: ThreadedMailbox, *, skip: frozenset[str] = frozenset()
+        self,
+        spool: BinaryIO,
+        mailbox: ThreadedMailbox,
+        *,
+        skip: frozenset[str] = frozenset(),
+        size: int = 0,
     ) -> _Fetched:
         """The delivery of the spooled message, with the envelope and edited header a bounce
-        would need. `skip`: recipients that have it already (nobody left: it is delivered)."""
+        would need. `skip`: recipients that have it already (nobody left: it is delivered).
+        `size`: as the server listed it, for SIZE= as fetchmail declares it."""
         header_octets = None
         if mailbox.protocol == "IMAP":
             # fetchmail fetches an IMAP message's header and body apart and shows both sizes
@@ -546,6 +552,7 @@ class AccountPoll:
             protocol=mailbox.protocol,
             peer_address=mailbox.peer_address,
             for_mda=self.user.mda is not None and self.user.bsmtp is None,
+            size=size,
         )
         if isinstance(prepared, Delivery):  # refused before delivery (bad header)
             return _Fetched(prepared, None, b"", header_octets)

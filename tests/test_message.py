@@ -42,6 +42,7 @@ from fetcher.message import (
     rfc822_timestamp,
     smtp_data_chunks,
 )
+from fetcher.mimedecode import analyse
 from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 
@@ -339,35 +340,53 @@ def test_recipient_addresses(
 # --- BODY= ---------------------------------------------------------------------------------
 
 MIME = b"MIME-Version: 1.0\r\n"
+CTE = b"Content-Transfer-Encoding: "
 E8, E7, NONE = BodyType.EIGHT_BIT, BodyType.SEVEN_BIT, BodyType.UNDECLARED
 
 
+def header_lines(header: bytes) -> list[bytes]:
+    """The fields of `header`, each with its CRLF, as the header handed on holds them."""
+    return [field.raw + b"\r\n" for field in header_of(header + b"\r\n").fields]
+
+
 @pytest.mark.parametrize(
-    ("header", "options", "expected"),
+    ("header", "pass8bits", "expected"),
     [
-        (b"Subject: plain\r\n", {}, NONE),
-        (b"Subject: plain\r\n", {"pass8bits": True}, E8),
-        (b"Subject: caf\xc3\xa9\r\n", {}, E8),  # raw 8-bit in the header
-        (MIME + b"Content-Transfer-Encoding: 8bit\r\n", {}, E8),
-        (MIME + b"Content-Transfer-Encoding: BINARY\r\n", {}, E8),
-        (b"Content-Transfer-Encoding: 8bit\r\n", {}, E8),  # even without MIME-Version
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: 7bit (comment)\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: quoted-printable\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: quoted-printable\r\n", {"mimedecode": True}, E8),
-        (MIME + b"Content-Transfer-Encoding:\r\n base64\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\n", {"pass8bits": True}, E8),
-        (b"Content-Transfer-Encoding: 7bit\r\n", {}, NONE),  # no MIME-Version: no promise
-        (MIME + b"Content-Transfer-Encoding: x-uuencode\r\n", {}, NONE),
-        (MIME + b"Content-Type: multipart/mixed; boundary=x\r\n", {}, E8),
-        (MIME + b"Content-Type: Message/RFC822\r\nContent-Transfer-Encoding: 7bit\r\n", {}, E8),
-        (MIME + b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: 8bit\r\n", {}, E8),
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\nSubject: \xe9\r\n", {}, E7),  # RFC 2047 says
+        (b"Subject: plain\r\n", False, NONE),
+        (b"Subject: plain\r\n", True, E8),
+        (MIME + CTE + b"8bit\r\n", False, E8),
+        (MIME + CTE + b"7bit\r\n", False, E7),
+        (MIME + CTE + b"7BIT (comment)\r\n", False, E7),
+        (b"MIME-Version: 1.0 (made by hand)\r\n" + CTE + b"7bit\r\n", False, E7),
+        (MIME + CTE + b"7bit\r\n", True, E8),
+        (MIME + CTE + b"quoted-printable\r\n", False, E8),  # 8-bit once decoded, says fetchmail
+        (MIME + CTE + b"base64\r\n", False, NONE),
+        (MIME + b"Content-Transfer-Encoding:\r\n base64\r\n", False, NONE),
+        (MIME + CTE + b"x-uuencode\r\n", False, NONE),
+        (CTE + b"8bit\r\n", False, NONE),  # no MIME-Version: nothing is promised
+        (CTE + b"7bit\r\n", False, NONE),
+        (b"MIME-Version: 1.1\r\n" + CTE + b"7bit\r\n", False, NONE),
+        (MIME + b"Content-Transfer-Encoding : 7bit\r\n", False, NONE),  # not the field's name
+        (MIME + CTE + b"7bit\r\n" + CTE + b"8bit\r\n", False, E8),  # the last one counts
+        (MIME + b"Content-Type: multipart/mixed; boundary=x\r\n" + CTE + b"7bit\r\n", False, E8),
+        (MIME + b"Content-Type: Multipart/Mixed; boundary=\"x y\"\r\n", False, E8),
+        (MIME + b"Content-Type: multipart/mixed\r\n" + CTE + b"7bit\r\n", False, E7),
+        (MIME + b"Content-Type: multipart/alternative; boundary=x\r\n" + CTE + b"7bit\r\n",
+         False, E7),  # fetchmail knows multipart/mixed only
+        (MIME + b"Content-Type: message/rfc822\r\n" + CTE + b"7bit\r\n", False, E7),
+        # fetchmail stops looking once it has found three of the three names
+        (b"Content-Type: text/plain\r\nContent-Type: text/plain\r\n" + CTE + b"7bit\r\n"
+         + MIME, False, NONE),
+        # further than fetchmail: 8BITMIME for data it would call 7-bit, or say nothing about
+        (MIME + CTE + b"binary\r\n", False, E8),
+        (b"Subject: caf\xc3\xa9\r\n", False, E8),
+        (MIME + CTE + b"7bit\r\nSubject: \xe9\r\n", False, E8),
     ],
 )
-def test_body_type(header: bytes, options: dict[str, bool], expected: BodyType) -> None:
-    assert body_type(header_of(header + b"\r\n"), **options) is expected
+def test_body_type(header: bytes, pass8bits: bool, expected: BodyType) -> None:
+    lines = header_lines(header)
+    info, _ = analyse(lines, want_decode=False)
+    assert body_type(info, header=b"".join(lines), pass8bits=pass8bits) is expected
 
 
 # --- Received ------------------------------------------------------------------------------
@@ -919,12 +938,7 @@ def test_prepare_for_smtp() -> None:
         b"\r\n"
     )
     assert message.body.read() == b".line\r\nbye\r\n"  # the sink stuffs; the spool is not
-    assert envelope == Envelope(
-        sender="alice@example.org",
-        recipients=["bob@localhost"],
-        size=len(message.header) + len(b".line\r\nbye\r\n"),
-        eight_bit=False,
-    )
+    assert envelope == Envelope(sender="alice@example.org", recipients=["bob@localhost"], size=0)
 
 
 @pytest.mark.parametrize(
@@ -990,7 +1004,7 @@ def test_prepare_options() -> None:
         message.header
     )
     assert b"To: bob\r\n" in message.header
-    assert envelope.eight_bit
+    assert envelope.body == "8BITMIME"
 
 
 def test_prepare_invisible() -> None:
@@ -1044,7 +1058,56 @@ def test_header_lines_keep_every_character_but_the_line_end() -> None:
     assert [f.raw for f in header.fields] == [b"Subject: BOX", b"X-Tag: XX"]
 
 
-# --- prepare: the sender after rewrite ------------------------------------------------------
+# --- prepare: mimedecode, the sender after rewrite, SIZE= ----------------------------------
+
+MIME_MAIL = (
+    b"From: =?utf-8?q?Andr=C3=A9?= <andre@example.org>\r\n"
+    b"Subject: =?utf-8?b?Y2Fmw6k=?=\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+    b"caf=C3=A9 =3D soft=\r\nbreak\r\n"
+)
+
+
+def test_prepare_with_mimedecode_decodes_header_and_body() -> None:
+    prepared = run_prepare(MIME_MAIL, *accounts(mimedecode=True))
+    assert not isinstance(prepared, Delivery)
+    envelope, message = prepared
+    assert message.header.endswith(
+        b"From: Andr\xc3\xa9 <andre@example.org>\r\n"
+        b"Subject: caf\xc3\xa9\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit            \r\n"
+        b"\r\n"
+    )
+    assert b"".join(message.body_chunks(4)) == b"caf\xc3\xa9 = softbreak\r\n"
+    assert envelope.body == "8BITMIME"
+
+
+def test_prepare_without_mimedecode_leaves_the_message_alone() -> None:
+    prepared = run_prepare(MIME_MAIL, *accounts())
+    assert not isinstance(prepared, Delivery)
+    envelope, message = prepared
+    assert message.header.endswith(MIME_MAIL.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
+    assert message.body_filter is None
+    assert b"".join(message.body_chunks()) == b"caf=C3=A9 =3D soft=\r\nbreak\r\n"
+    assert envelope.body == "8BITMIME"  # quoted-printable, as fetchmail declares it
+
+
+def test_prepare_with_mimedecode_checks_the_header_before_decoding_it() -> None:
+    """fetchmail finds a line without a colon as it reads it; decoding might make one."""
+    data = b"Subject: x\r\n=?us-ascii?q?a=3Ab?=\r\n\r\nbody\r\n"
+    assert run_prepare(data, *accounts(mimedecode=True)) == Delivery(
+        Outcome.PERMFAIL, reply="incorrect header line found - see manpage for bad-header option"
+    )
+    server, user, globals_ = accounts(mimedecode=True)
+    server.badheader = True
+    prepared = run_prepare(data, server, user, globals_)
+    assert not isinstance(prepared, Delivery)
+    assert b"\r\na:b\r\n\r\n" in prepared[1].header
 
 
 @pytest.mark.parametrize(
@@ -1052,6 +1115,7 @@ def test_header_lines_keep_every_character_but_the_line_end() -> None:
     [
         (b"Sender: carol\r\nFrom: alice@example.org\r\n\r\n", True, f"carol@{ISP}"),
         (b"Sender: carol\r\nFrom: alice@example.org\r\n\r\n", False, "alice@example.org"),
+        (b"From: =?utf-8?q?x?= <alice>\r\n\r\n", True, f"alice@{ISP}"),
     ],
 )
 def test_prepare_picks_the_sender_after_rewrite(data: bytes, rewrite: bool, sender: str) -> None:
@@ -1059,3 +1123,13 @@ def test_prepare_picks_the_sender_after_rewrite(data: bytes, rewrite: bool, send
         prepared = run_prepare(data, *accounts(rewrite=rewrite), for_mda=mda)
         assert not isinstance(prepared, Delivery)
         assert prepared[0].sender == sender
+
+
+def test_prepare_declares_the_size_the_server_listed() -> None:
+    server, user, globals_ = accounts()
+    prepared = prepare(
+        io.BytesIO(MAIL), server=server, user=user, globals_=globals_, protocol="POP3",
+        peer_address=None, for_mda=False, local_host="vm", now=NOW, size=4242,
+    )
+    assert not isinstance(prepared, Delivery)
+    assert prepared[0].size == 4242  # not the size with our Received line

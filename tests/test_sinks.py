@@ -68,14 +68,11 @@ def message(header: bytes = HEADER, body: bytes = BODY) -> Message:
 
 
 def envelope(
-    *recipients: str, sender: str = "alice@example.org", eight_bit: bool = False, size: int = 0
+    *recipients: str, sender: str = "alice@example.org", body: str = "", size: int = 0
 ) -> Envelope:
     rcpts = list(recipients) or ["bob@localhost"]
     return Envelope(
-        sender=sender,
-        recipients=rcpts,
-        size=size or len(HEADER) + len(BODY),
-        eight_bit=eight_bit,
+        sender=sender, recipients=rcpts, size=size or len(HEADER) + len(BODY), body=body
     )
 
 
@@ -125,7 +122,7 @@ def steps(server: SMTPServer) -> list[str]:
 
 
 def test_message_arrives_byte_for_byte(smtpd: SMTPServer) -> None:
-    [result] = deliver_all(sink_for(entry(smtpd)), (envelope(eight_bit=True), message()))
+    [result] = deliver_all(sink_for(entry(smtpd)), (envelope(body="8BITMIME"), message()))
     assert result.outcome is Outcome.ACCEPTED
     assert result.reply.startswith("250")
     assert result.refused == {}
@@ -146,12 +143,16 @@ def test_size_and_body_parameters_when_offered(smtpd: SMTPServer) -> None:
     size = len(HEADER) + len(BODY)
     deliver_all(
         sink_for(entry(smtpd)),
-        (envelope(eight_bit=True), message()),
-        (envelope(eight_bit=False), message()),
+        (envelope(body="8BITMIME"), message()),
+        (envelope(body="7BIT"), message()),
+        (envelope(), message()),
+        (envelope(size=-1), message()),
     )
-    first, second = smtpd.transactions
+    first, second, third, fourth = smtpd.transactions
     assert first.mail_options == ["BODY=8BITMIME", f"SIZE={size}"]
-    assert second.mail_options == [f"SIZE={size}"]
+    assert second.mail_options == ["BODY=7BIT", f"SIZE={size}"]
+    assert third.mail_options == [f"SIZE={size}"]
+    assert fourth.mail_options == []  # no size known: none declared, as fetchmail
 
 
 def test_no_parameters_when_not_offered() -> None:
@@ -159,7 +160,7 @@ def test_no_parameters_when_not_offered() -> None:
     ascii_body = b"plain 7-bit text\r\n.\r\n"
     with SMTPServer(data_size_limit=None, decode_data=True) as server:
         [result] = deliver_all(
-            sink_for(entry(server)), (envelope(eight_bit=True), message(body=ascii_body))
+            sink_for(entry(server)), (envelope(body="8BITMIME"), message(body=ascii_body))
         )
         assert result.outcome is Outcome.ACCEPTED
         [txn] = server.transactions
@@ -302,7 +303,7 @@ def test_a_refused_greeting_moves_on_to_the_next_host(smtpd: SMTPServer) -> None
 
 def test_refused_ehlo_falls_back_to_helo_on_a_fresh_connection() -> None:
     with SMTPServer([Fault("ehlo", 502, "no ESMTP here", times=1)]) as server:
-        [result] = deliver_all(sink_for(entry(server)), (envelope(eight_bit=True), message()))
+        [result] = deliver_all(sink_for(entry(server)), (envelope(body="8BITMIME"), message()))
         assert result.outcome is Outcome.ACCEPTED
         assert steps(server)[:4] == ["connect", "ehlo", "connect", "helo"]
         [txn] = server.transactions
@@ -885,7 +886,7 @@ def test_bsmtp_file_content_is_exact(tmp_path: Path) -> None:
     path = tmp_path / "batch"
     results = deliver_all(
         BsmtpSink(str(path)),
-        (envelope("bob@localhost", "carol@localhost", eight_bit=True), message()),
+        (envelope("bob@localhost", "carol@localhost", body="8BITMIME"), message()),
         (envelope(sender=""), message(body=b"short\r\n")),
     )
     assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 2

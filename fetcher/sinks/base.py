@@ -25,8 +25,8 @@ class Outcome(enum.Enum):
 class Envelope:
     sender: str  # the MAIL FROM address without <>; "" for the null sender
     recipients: list[str]  # RCPT TO addresses without <>
-    size: int  # octets, for SIZE=
-    eight_bit: bool = False  # the message needs BODY=8BITMIME
+    size: int  # octets, for SIZE= (fetchmail's: the size the server gave; 0 sends none)
+    body: str = ""  # BODY=: "8BITMIME", "7BIT", or "" for none
 
 
 @dataclass(frozen=True)

@@ -489,8 +489,10 @@ class SmtpSink:
     async def _dialogue(self, wire: _Wire, envelope: Envelope, message: Message) -> Delivery:
         t = self._timeouts
         params = ""
-        if envelope.eight_bit and "8bitmime" in wire.extensions:
-            params += " BODY=8BITMIME"
+        # fetchmail's parameters: BODY= (8BITMIME or 7BIT) only to a listener that offers
+        # 8BITMIME, SIZE= the size the server listed, when there is one
+        if envelope.body and "8bitmime" in wire.extensions:
+            params += f" BODY={envelope.body}"
         if "size" in wire.extensions and envelope.size > 0:
             params += f" SIZE={envelope.size}"
         mail = f"MAIL FROM:<{envelope.sender}>{params}"
