@@ -907,7 +907,10 @@ def smtp_data_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
         if not chunk:
             continue
         crlf = chunk.count(b"\r\n")
-        if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
+        if chunk.count(b"\r") == crlf:
+            if chunk.count(b"\n") != crlf:  # bare LFs, and every CR is part of a CRLF
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        else:  # lone CRs, or runs of them: rare enough for a regular expression
             swallow = chunk[-1] == CR
             chunk = _ANY_LINE_END.sub(b"\r\n", chunk)
         out = chunk.replace(b"\n.", b"\n..")
