@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -951,3 +951,28 @@ def test_close_is_safe_to_repeat(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_bsmtp_declares_7bit_as_fetchmail_does(tmp_path: Path) -> None:
+    path = tmp_path / "batch"
+    deliver_all(BsmtpSink(str(path)), (envelope(body="7BIT", size=99), message(body=b"x\r\n")))
+    assert path.read_bytes().startswith(b"MAIL FROM:<alice@example.org> BODY=7BIT\r\n")
+
+
+def test_the_body_filter_applies_to_every_sink(smtpd: SMTPServer, tmp_path: Path) -> None:
+    """What `mimedecode` hands on is what each sink delivers, line ends and dots included."""
+
+    def decoded(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        return (chunk.replace(b"=2E", b".") for chunk in chunks)
+
+    def filtered() -> Message:
+        return Message(HEADER, io.BytesIO(b"=2E\r\n=2Edot\r\n"), decoded)
+
+    deliver_all(sink_for(entry(smtpd)), (envelope(), filtered()))
+    assert smtpd.messages == [HEADER + b".\r\n.dot\r\n"]  # stuffed on the wire, and undone
+    out = tmp_path / "mda"
+    deliver_all(MdaSink(f"cat > {out}", stripcr=False), (envelope(), filtered()))
+    assert out.read_bytes() == HEADER + b".\r\n.dot\r\n"
+    batch = tmp_path / "batch"
+    deliver_all(BsmtpSink(str(batch)), (envelope(), filtered()))
+    assert batch.read_bytes().endswith(b"\r\n\r\n..\r\n..dot\r\n.\r\n")
