@@ -32,13 +32,18 @@ def build_bounce(
     original_header: bytes,
     local_host: str,
 ) -> tuple[Envelope, Message]:
+    """The notice for `recipients`: each with the reply the listener refused it with (a
+    recipient refused at RCPT TO), else the message's."""
     boundary = f"pyfetch-{secrets.token_hex(8)}"
-    reply = delivery.reply.replace("\r", " ").replace("\n", " ")
+    reply = _one_line(delivery.reply)
+    replies = {rcpt: _one_line(delivery.refused.get(rcpt, delivery.reply)) for rcpt in recipients}
     per_recipient = "".join(
         f"\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.0.0\r\n"
-        f"Diagnostic-Code: smtp; {reply}\r\n"
+        f"Diagnostic-Code: smtp; {replies[rcpt]}\r\n"
         for rcpt in recipients
     )
+    if len(set(replies.values())) > 1:
+        reply = "; ".join(f"{rcpt}: {text}" for rcpt, text in replies.items())
     text = (
         f"From: MAILER-DAEMON@{local_host}\r\n"
         f"To: {to}\r\n"
@@ -70,3 +75,7 @@ def build_bounce(
     body = body_start + original_header.rstrip(b"\r\n") + b"\r\n" + closing
     envelope = Envelope(sender="", recipients=[to], size=len(header) + 4 + len(body))
     return envelope, Message(header + b"\r\n\r\n", io.BytesIO(body))
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")

@@ -370,6 +370,7 @@ def render(readme_text: str, security_text: str) -> str:
     out += [".SH IMAP AND OAUTH2", *markdown_to_roff(readme.section("IMAP"))]
     out += [".SH IDLE", *markdown_to_roff(readme.section("IDLE"))]
     out += [".SH DAEMON MODE", *markdown_to_roff(readme.section("Daemon mode"))]
+    out += [".SH MULTIDROP", *markdown_to_roff(readme.section("Multidrop"))]
     out += [".SH OUTPUT", *markdown_to_roff(readme.section("Where the output goes"))]
     out += [".SH CERTIFICATES", *markdown_to_roff(readme.section("Certificates"))]
     out += [".SH COMPATIBILITY", *markdown_to_roff(readme.section("Compatible with fetchmail"))]

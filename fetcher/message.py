@@ -19,10 +19,8 @@ Steps, in the order a poll uses them:
    forcecr) for an MDA, or `smtp_data_chunks` (CRLF line ends, dot-stuffing) for SMTP, LMTP
    and BSMTP; an MDA command line comes from `mda_command`.
 
-`prepare` strings steps 1 to 3 together for the session.
-
-Multidrop (finding recipients in Received/To/envelope headers, section 4.11 of the reference) is
-out of scope: when an account has several local names, the message goes to all of them.
+`prepare` strings steps 1 to 3 together for the session. For a multidrop account (several
+local names, or `*`) the recipients come from the header, as `fetcher.recipients` decides.
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ from fetcher import __version__
 from fetcher.errors import ConfigError
 from fetcher.mimedecode import MimeInfo, analyse, decode_body, unmime_header
 from fetcher.model import GlobalOptions, LocalName, ServerOptions, UserOptions
+from fetcher.recipients import Resolve, Routing, route
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 
 __all__ = [
@@ -77,6 +76,9 @@ _WSP = b" \t"
 
 BAD_HEADER_MESSAGE = "incorrect header line found - see manpage for bad-header option"
 NUL_WARNING = b"X-Fetchmail-Warning: message has embedded NULs\r\n"
+NUL_TEXT = "message has embedded NULs"
+NO_POSTMASTER = "no address matches; no postmaster set."
+DNS_SUPPRESSED = "forwarding and deletion suppressed due to DNS errors"
 
 
 _ENVELOPE_FIRST = (b"F", b"f", b">")
@@ -674,6 +676,7 @@ def received_header(
     multidrop: bool = False,
     trace: TracePoll | None = None,
     now: datetime | None = None,
+    by_default: bool = False,
 ) -> bytes:
     """fetchmail's Received line, three physical lines ending in CRLF:
 
@@ -687,7 +690,9 @@ def received_header(
     (the second line is one line, wrapped here).
 
     `[IP]` only when the address is known; the `for` clause only with exactly one recipient
-    (the RCPT TO address), labelled multi-drop when the account has several local names.
+    (the RCPT TO address), labelled multi-drop when the account has several local names, and
+    `by default` when the message goes to the postmaster because the listener refused every
+    recipient.
     """
     first = f"Received: from {_clean(server_name)}"
     if server_address:
@@ -700,7 +705,7 @@ def received_header(
     second += ")"
     third = "\t"
     if len(recipients) == 1:
-        drop = "multi-drop" if multidrop else "single-drop"
+        drop = "by default" if by_default else "multi-drop" if multidrop else "single-drop"
         third += f"for <{_clean(recipients[0])}> ({drop}); "
     third += rfc822_timestamp(now)
     return _header_lines(first, second, third)
@@ -804,15 +809,29 @@ def _assembled(
     first_received: int,
     received: bytes | None,
     if_headerless: bytes,
+    *,
+    unmatched: str | None = None,
+    refused: Sequence[str] = (),
 ) -> bytes:
     """The header block from `_kept_fields`' lines: the stand-in for a header with nothing
-    left, the Received line, the NUL warning and the blank line."""
+    left, the Received line, the warnings and the blank line.
+
+    fetchmail's warnings share one X-Fetchmail-Warning field, `; ` between them, in its order:
+    nobody here was named (`unmatched`), NULs were removed, the listener refused recipients."""
     if not kept and if_headerless:
         kept.append(if_headerless)
     if received is not None:
         kept.insert(first_received, received)
+    warnings = [unmatched] if unmatched else []
     if header.had_nuls:
-        kept.append(NUL_WARNING)
+        warnings.append(NUL_TEXT)
+    if refused:
+        warnings.append(
+            "SMTP listener rejected local recipient addresses: " + ", ".join(refused)
+        )
+    if warnings:
+        kept.append(_clean("X-Fetchmail-Warning: " + "; ".join(warnings)).encode(
+            "utf-8", "replace") + b"\r\n")
     kept.append(b"\r\n")
     return b"".join(kept)
 
@@ -1006,15 +1025,57 @@ def mda_command(template: str, recipients: Sequence[str], sender: str) -> str:
 
 
 def _delivery_names(user: UserOptions, globals_: GlobalOptions) -> list[str]:
-    """The local names a message goes to: the first one for a single-drop account (as
-    fetchmail), every one for a multidrop account (pyfetch does not parse headers for it)."""
+    """The local name of a single-drop account's messages: its first one, as fetchmail."""
     names: list[LocalName] = user.localnames
     if not names:
         return [globals_.postmaster or user.remote]
-    if not user.multidrop:
-        return [names[0][0]]
-    local = [mapped or name for name, mapped in names]
-    return list(dict.fromkeys(local))
+    return [names[0][0]]
+
+
+def _multidrop_names(
+    header: RawHeader,
+    server: ServerOptions,
+    user: UserOptions,
+    globals_: GlobalOptions,
+    resolve: Resolve | None,
+    note: Callable[[str], None] | None,
+) -> tuple[list[str], str | None] | Delivery:
+    """The local recipients of a multidrop message as `fetcher.recipients` finds them in its
+    header, and the warning for a message nobody here was named in (it goes to the
+    postmaster). A failed DNS look-up keeps the message for the next poll, as in fetchmail;
+    no postmaster (`set postmaster ""`) refuses it."""
+    found = route(header, Routing.of(server, user), resolve if server.dns else None)
+    if note is not None:
+        for line in found.notes:
+            note(line)
+    if found.dns_errors:
+        if note is not None:
+            note(DNS_SUPPRESSED)
+        name, why = found.dns_errors[0]
+        return Delivery(
+            Outcome.TEMPFAIL,
+            reply=f"nameserver failure while looking for '{name}' during poll of "
+            f"{server.pollname}: {why}",
+        )
+    if found.recipients:
+        return list(found.recipients), None
+    postmaster = globals_.postmaster
+    if not postmaster:
+        return Delivery(Outcome.PERMFAIL, reply=NO_POSTMASTER)
+    if note is not None:
+        note(f"no local matches, forwarding to {postmaster}")
+    return [postmaster], found.warning
+
+
+def _once(addresses: list[str]) -> list[str]:
+    """The addresses in order, each once (case folded, as MTAs compare them)."""
+    seen: set[str] = set()
+    kept: list[str] = []
+    for address in addresses:
+        if address.casefold() not in seen:
+            seen.add(address.casefold())
+            kept.append(address)
+    return kept
 
 
 def prepare(
@@ -1030,6 +1091,9 @@ def prepare(
     local_host: str | None = None,
     now: datetime | None = None,
     size: int = 0,
+    resolve: Resolve | None = None,
+    note: Callable[[str], None] | None = None,
+    refused: Sequence[str] = (),
 ) -> tuple[Envelope, Message] | Delivery:
     """Read the header from `spool` (positioned at the message start) and build what the sink
     needs. The returned Message's body is `spool` itself, at the first body byte, with the
@@ -1039,13 +1103,21 @@ def prepare(
     (0: none is declared).
 
     A message refused for a bad header comes back as a PERMFAIL Delivery with fetchmail's
-    wording, so the session handles it like any other refusal.
+    wording, so the session handles it like any other refusal; so does a multidrop message
+    with no local recipient and no postmaster, and one whose routing needed a DNS look-up that
+    failed comes back as TEMPFAIL (`resolve` does the look-ups, `note` hears the routing's
+    -vv lines).
 
     Envelope recipients are RCPT TO addresses for SMTP, LMTP and BSMTP (for SMTP computed
     with the first smtphost; fetchmail uses the one that answered) and the bare local names
-    for an MDA (`%T`). The server's name is its `via` or poll name (fetchmail's DNS
-    canonical name is not looked up); the local host name is `socket.gethostname()` unless
-    given.
+    for an MDA (`%T`). A single-drop account's message goes to its first local name; a
+    multidrop account's to the recipients its header names (`fetcher.recipients`), or to the
+    postmaster. `refused`, for a multidrop message whose every recipient the listener refused
+    for good: the postmaster gets it instead, `for <postmaster> (by default)`, with the refused
+    addresses in an X-Fetchmail-Warning (fetchmail's open_smtp_sink()). The server's name is
+    its `via` or poll name (fetchmail's DNS canonical name is not looked up); the local host
+    name is `socket.gethostname()` unless given. Only the header is read from `spool`: the
+    text may still be arriving (streamed).
     """
     header = read_header(spool)
     accept_bad_header = server.badheader
@@ -1058,30 +1130,6 @@ def prepare(
 
     server_name = server.queryname
     host = local_host or socket.gethostname()
-    names = _delivery_names(user, globals_)
-    if for_mda:
-        rcpt = recipient_addresses(names, smtpname=user.smtpname)
-    elif user.bsmtp is not None:
-        rcpt = recipient_addresses(names, smtpaddress=user.smtpaddress, smtpname=user.smtpname)
-    else:
-        rcpt = recipient_addresses(
-            names,
-            smtpaddress=user.smtpaddress,
-            smtpname=user.smtpname,
-            smtphost=user.smtphunt[0] if user.smtphunt else None,
-        )
-    received = None
-    if not globals_.invisible:
-        received = received_header(
-            server_name=server_name,
-            server_address=peer_address,
-            local_host=host,
-            protocol=protocol,
-            recipients=rcpt,
-            multidrop=user.multidrop,
-            trace=TracePoll(server.pollname, user.remote, folder) if server.tracepolls else None,
-            now=now,
-        )
     try:
         kept, first_received = _kept_fields(
             header,
@@ -1096,11 +1144,53 @@ def prepare(
         return Delivery(Outcome.PERMFAIL, reply=str(err))
     # what fetchmail's MimeBodyType() reads (and, with mimedecode, edits) is this header
     mime, kept = analyse(kept, want_decode=user.mimedecode)
+    unmatched: str | None = None
+    smtpname = user.smtpname
+    if refused:
+        if not globals_.postmaster:
+            return Delivery(Outcome.PERMFAIL, reply=NO_POSTMASTER)
+        names = [globals_.postmaster]
+        smtpname = None  # fetchmail: rcpt_address(ctl, run.postmaster, 0)
+    elif user.multidrop:
+        chosen = _multidrop_names(header, server, user, globals_, resolve, note)
+        if isinstance(chosen, Delivery):
+            return chosen
+        names, unmatched = chosen
+    else:
+        names = _delivery_names(user, globals_)
+    if for_mda:
+        rcpt = recipient_addresses(names, smtpname=smtpname)
+    elif user.bsmtp is not None:
+        rcpt = recipient_addresses(names, smtpaddress=user.smtpaddress, smtpname=smtpname)
+    else:
+        rcpt = recipient_addresses(
+            names,
+            smtpaddress=user.smtpaddress,
+            smtpname=smtpname,
+            smtphost=user.smtphunt[0] if user.smtphunt else None,
+        )
+    # `smtpname` makes every local name one address; that address is given once
+    rcpt = _once(rcpt)
+    received = None
+    if not globals_.invisible:
+        received = received_header(
+            server_name=server_name,
+            server_address=peer_address,
+            local_host=host,
+            protocol=protocol,
+            recipients=rcpt,
+            multidrop=user.multidrop,
+            trace=TracePoll(server.pollname, user.remote, folder) if server.tracepolls else None,
+            now=now,
+            by_default=bool(refused),
+        )
     # edit_header's work, with the stand-in made only for a message that needs it
     headerless = b"" if kept else headerless_header(
         local_user=names[0], local_host=host, remote_user=user.remote, server_name=server_name
     )
-    edited = _assembled(header, kept, first_received, received, headerless)
+    edited = _assembled(
+        header, kept, first_received, received, headerless, unmatched=unmatched, refused=refused
+    )
     sender = envelope_sender(
         header, remote_user=user.remote, server_name=server_name, rewrite=user.rewrite
     )

@@ -720,17 +720,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "E", ("envelope",), "header", _Text("server", "envelope"),
         help="envelope address header",
         man="""
-            fetchmail's header carrying a multidrop message's recipient. pyfetch reads it and
-            shows it, but does not read envelope headers: a multidrop account's mail goes to
-            each of its local names.
+            The header that names a multidrop message's recipient, as the mail server wrote
+            it (`Delivered-To`, `X-Original-To`, ...; rcfile: `envelope [N] header`, N of them
+            skipped). The default is the server's own `Received` line; without either, the
+            recipients are guessed from Resent-To/Cc/Bcc, else To/Cc/Bcc (see MULTIDROP).
         """,
     ),
     OptionSpec(
         "Q", ("qvirtual",), "prefix", _Text("server", "qvirtual"),
         help="prefix to remove from local user id",
         man="""
-            fetchmail's prefix removed from the envelope header's name; like `-E`, read and
-            shown but not acted on.
+            A prefix taken off the recipient addresses of a multidrop message before they are
+            matched (qmail's virtual domains write `example.org-bob@...`).
         """,
     ),
     OptionSpec(

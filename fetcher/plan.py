@@ -11,6 +11,7 @@ is deleted; anything else is delivered as new (docs/design.md, rule 8).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping, Set
@@ -45,6 +46,9 @@ class Policy:
     softbounce: bool = True
     spambounce: bool = False
     uidl: bool = False  # the user forced UID tracking (`uidl`)
+    bouncemail: bool = True  # `no bouncemail`: the postmaster is told instead of the sender
+    antispam: frozenset[int] = frozenset()  # listener codes that mean "spam"
+    multidrop: bool = False  # recipients come from the header; the postmaster is the last resort
 
     @property
     def peek(self) -> bool:
@@ -150,11 +154,20 @@ class OnServer(enum.Enum):
 class Step:
     """What one delivery attempt leads to (the per-message rule of docs/design.md): record,
     then act on the server, in that order. `bounce`: tell the sender before the message is
-    dropped; if nobody could be told, `KEEP_FOR_RETRY` applies instead."""
+    dropped; if nobody could be told, `KEEP_FOR_RETRY` applies instead.
+
+    `notify`: recipients the listener refused for good while others took the message; the
+    sender (the postmaster under `no bouncemail`) is told of them, and the message goes its
+    way whether or not that notice could be sent: the others have it already.
+    `to_postmaster`: a multidrop message every recipient of which was refused for good goes to
+    the postmaster instead, in a delivery of its own whose outcome decides the message's fate
+    (fetchmail's open_smtp_sink()); its `notify` is sent if that delivery succeeds."""
 
     record: Record
     on_server: OnServer
     bounce: bool = False
+    notify: tuple[str, ...] = ()
+    to_postmaster: bool = False
 
     @property
     def deletes(self) -> bool:
@@ -164,20 +177,56 @@ class Step:
 KEEP_FOR_RETRY = Step(Record.NOTHING, OnServer.LEAVE)
 
 
-def after_delivery(delivery: Delivery, policy: Policy, *, has_uid: bool) -> Step:
+def refusals_to_report(delivery: Delivery, policy: Policy) -> tuple[str, ...]:
+    """The refused recipients the sender hears of (fetchmail's
+    handle_smtp_report_without_bounce()): every one refused with a 5xx, except a spam
+    refusal (`antispam` codes) unless `spambounce`, a 553 (an invalid sender: bouncing to it
+    would feed spammers), and a 552 (too large) under `no bouncemail`."""
+    told: list[str] = []
+    for recipient, reply in delivery.refused.items():
+        code = int(reply[:3]) if reply[:3].isdigit() else 0
+        if code in policy.antispam:
+            if policy.spambounce:
+                told.append(recipient)
+        elif code == 553 or (code == 552 and not policy.bouncemail):
+            continue
+        elif 500 <= code <= 599:
+            told.append(recipient)
+    return tuple(told)
+
+
+def after_delivery(
+    delivery: Delivery,
+    policy: Policy,
+    *,
+    has_uid: bool,
+    recipients: tuple[str, ...] = (),
+) -> Step:
     """fetchmail 6.4's handling of the listener's answer, as one step.
 
-    Accepted: delete, or with `keep` mark it read. Refused for good (5xx): kept for the next
-    poll under `softbounce` (fetchmail's default); with `no softbounce` it is bounced to its
-    sender and deleted, except that a refusal for spam (`antispam` codes) is dropped without a
-    bounce unless `spambounce` is set. A temporary refusal is always kept; when some LMTP
+    Accepted: delete, or with `keep` mark it read; recipients refused for good meanwhile are
+    reported to the sender (`notify`). Refused for good (5xx): kept for the next poll under
+    `softbounce` (fetchmail's default); with `no softbounce` it is bounced to its sender and
+    deleted, except that a refusal for spam (`antispam` codes) is dropped without a bounce
+    unless `spambounce` is set. A multidrop message whose every recipient (`recipients`, the
+    envelope's) was refused for good goes to the postmaster first (`to_postmaster`). A
+    temporary refusal is always kept, the whole message, whoever else took it; when some LMTP
     recipients took the message before others deferred it, who has it is recorded. Without a
     UID (a POP3 server without UIDL) there is nothing to record.
     """
     if delivery.outcome is Outcome.ACCEPTED:
-        step = Step(Record.SEEN, OnServer.MARK_SEEN) if policy.keep else Step(
-            Record.DELIVERED, OnServer.DELETE
+        notify = refusals_to_report(delivery, policy)
+        step = Step(Record.SEEN, OnServer.MARK_SEEN, notify=notify) if policy.keep else Step(
+            Record.DELIVERED, OnServer.DELETE, notify=notify
         )
+    elif (
+        delivery.outcome is Outcome.PERMFAIL
+        and policy.multidrop
+        and recipients
+        and all(recipient in delivery.refused for recipient in recipients)
+    ):
+        notify = refusals_to_report(delivery, policy)
+        return Step(Record.NOTHING, OnServer.LEAVE, notify=notify, to_postmaster=True)
     elif delivery.outcome is Outcome.PERMFAIL and not policy.softbounce and not policy.keep:
         bounce = not (delivery.antispam and not policy.spambounce)
         step = Step(Record.DELIVERED, OnServer.DELETE, bounce=bounce)
@@ -188,7 +237,7 @@ def after_delivery(delivery: Delivery, policy: Policy, *, has_uid: bool) -> Step
     else:
         return KEEP_FOR_RETRY
     if not has_uid:
-        step = Step(Record.NOTHING, step.on_server, step.bounce)
+        step = dataclasses.replace(step, record=Record.NOTHING)
     return step
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 
 from fetcher import message as msg
-from fetcher import progress
+from fetcher import progress, trace
 from fetcher.bounce import bounce_recipient, build_bounce
 from fetcher.config import local_hostname
 from fetcher.credentials import for_login
@@ -49,14 +50,22 @@ from fetcher.plan import (
     plan_mailbox,
 )
 from fetcher.report import Reporter
-from fetcher.sinks.base import Delivery, Envelope, Outcome, Sink
+from fetcher.resolver import DEFAULT_TIMEOUT as DNS_TIMEOUT
+from fetcher.resolver import TimedResolver
+from fetcher.sinks.base import Delivery, Envelope, Message, Outcome, Sink
 from fetcher.sinks.smtp import SmtpSink
-from fetcher.uidstore import Identity, StoreService, account_key
+from fetcher.spool import GrowingSpool, SpoolBroken
+from fetcher.uidstore import DIGEST_OCTETS, Identity, StoreService, account_key
 from fetcher.worker import Worker
 
 # Messages up to this size stay in memory while they pass through; larger ones go to a
 # temporary file, so memory does not grow with message size (docs/design.md, rule 6).
 SPOOL_IN_MEMORY = 1 << 20
+# Messages of this size and more are streamed: the listener gets the first octets while the
+# server is still sending the rest (fetcher/spool.py), as fetchmail does for every message.
+STREAM_OCTETS = 4 << 20
+
+_T = TypeVar("_T")
 
 # (server, account, folder or None for the default one, read-only for -c) -> a driver
 DriverFactory = Callable[[ServerOptions, UserOptions, str | None, bool], MailboxDriver]
@@ -80,6 +89,9 @@ def policy_for(user: UserOptions, server: ServerOptions, globals_: GlobalOptions
         softbounce=globals_.softbounce,
         spambounce=globals_.spambounce,
         uidl=server.uidl,
+        bouncemail=globals_.bouncemail,
+        antispam=frozenset(user.antispam),
+        multidrop=user.multidrop,
     )
 
 
@@ -128,6 +140,7 @@ class AccountPoll:
         self.in_delivery = False  # between handing a message over and its durable record
         self._sink: Sink | None = None
         self._batch = 0  # messages handed to the current sink connection
+        self._resolver: TimedResolver | None = None  # multidrop DNS answers, for this poll
         self._worker = Worker(f"poll {user.remote}@{server.pollname}")
 
     async def run(self) -> PollResult:
@@ -340,59 +353,148 @@ class AccountPoll:
     ) -> None:
         """Fetch and deliver, record, and queue the message's deletion or marking. With
         `expect` (a message an earlier run delivered): if it is that very message, it is
-        deleted without being delivered again; otherwise it is new."""
-        spool = await self._retrieved(mailbox, plan, info, total)
+        deleted without being delivered again; otherwise it is new.
+
+        A large message is streamed: its delivery starts once its first octets are here, and
+        the rest goes to the listener as it arrives (fetcher/spool.py). Nothing is decided
+        about it before the server has sent all of it."""
+        ahead = await self._retrieved(mailbox, plan, info, total)
         try:
-            identity = Identity.of(info.size, spool)
-            if expect is not None:
-                plan.verified(identity == expect)
-                if identity == expect:
-                    self._waiting.append(_Done(info, OnServer.DELETE, None, "delivered before"))
-                    return
-            store = self.store if info.uid is not None else None
-            has_it: frozenset[str] = frozenset()  # LMTP recipients that took it at an earlier try
-            if store is not None and info.uid is not None:
-                has_it = await store.has_it(self.key, info.uid, identity)
-            self.in_delivery = True
-            try:
-                got = await self._deliver(spool, mailbox, skip=has_it, size=info.size)
-                self._say_refusal(got)
-                step = after_delivery(got.delivery, self.policy, has_uid=info.uid is not None)
-                if step.bounce and not await self._bounce(got.delivery, got.envelope, got.header):
-                    step = KEEP_FOR_RETRY  # nobody could be told: keep it
-                if store is not None and info.uid is not None:
-                    # written before the delete, and made durable (fsync) before it in _settle:
-                    # a crash from here on delivers nothing twice
-                    await self._record(store, info.uid, identity, step, got, has_it)
-            finally:
-                self.in_delivery = False
+            # a streamed message's progress shows while it is delivered
+            async with self._reading_shown(ahead, info, total):
+                done = await self._delivered(mailbox, plan, ahead, info, total, expect)
         finally:
-            spool.close()
-        self._waiting.append(_Done(info, step.on_server, got.header_octets, None))
+            ahead.drop()
+        self._waiting.append(done)
+
+    async def _delivered(
+        self, mailbox: ThreadedMailbox, plan: SessionPlan, ahead: _Ahead, info: MessageInfo,
+        total: int, expect: Identity | None,
+    ) -> _Done:
+        """The message delivered (or found delivered before) and recorded: what is left to do
+        on the server."""
+        identity = await ahead.off_loop(Identity.of, info.size, ahead.body)
+        if expect is not None:
+            await self._complete(ahead, info, total)
+            plan.verified(identity == expect)
+            if identity == expect:
+                return _Done(info, OnServer.DELETE, None, "delivered before")
+        store = self.store if info.uid is not None else None
+        has_it: frozenset[str] = frozenset()  # LMTP recipients that took it at an earlier try
+        if store is not None and info.uid is not None:
+            has_it = await store.has_it(self.key, info.uid, identity)
+        self.in_delivery = True
+        try:
+            try:
+                got = await self._deliver(ahead, mailbox, skip=has_it)
+            except SpoolBroken:
+                await ahead.task  # the server's error, which broke the text off
+                raise
+            # only a text that has all arrived is recorded or deleted
+            await self._complete(ahead, info, total)
+            self._say_refusal(got)
+            step = self._step(got, info)
+            refusals = got  # the delivery whose refused recipients `notify` names
+            if step.to_postmaster:
+                got, step = await self._to_postmaster(ahead, mailbox, got, step, info)
+            if step.bounce and not await self._bounce(got.delivery, got.envelope, got.header):
+                step = KEEP_FOR_RETRY  # nobody could be told: keep it
+            elif step.notify:
+                # the others have it: the notice is sent or reported, the message goes on
+                await self._bounce(
+                    refusals.delivery, refusals.envelope, refusals.header, step.notify
+                )
+            if store is not None and info.uid is not None:
+                # written before the delete, and made durable (fsync) before it in _settle:
+                # a crash from here on delivers nothing twice
+                await self._record(store, info.uid, identity, step, got, has_it)
+        finally:
+            self.in_delivery = False
+        return _Done(info, step.on_server, got.header_octets, None)
+
+    def _step(self, got: _Fetched, info: MessageInfo) -> Step:
+        recipients = tuple(got.envelope.recipients) if got.envelope is not None else ()
+        return after_delivery(
+            got.delivery, self.policy, has_uid=info.uid is not None, recipients=recipients
+        )
+
+    async def _to_postmaster(
+        self, ahead: _Ahead, mailbox: ThreadedMailbox, got: _Fetched, step: Step,
+        info: MessageInfo,
+    ) -> tuple[_Fetched, Step]:
+        """The listener refused every recipient of a multidrop message for good: the
+        postmaster gets it instead, as fetchmail does, and that delivery decides. The refused
+        recipients are reported to the sender once it succeeded."""
+        postmaster = self.globals.postmaster or ""
+        trace.note(f"no address matches; forwarding to {postmaster}.")
+        fallback = await self._deliver(ahead, mailbox, refused=tuple(got.delivery.refused))
+        self._say_refusal(fallback)
+        if fallback.delivery.outcome is not Outcome.ACCEPTED and postmaster:
+            self.reporter.error(f"can't even send to {postmaster}!")
+        then = after_delivery(fallback.delivery, self.policy, has_uid=info.uid is not None)
+        if fallback.delivery.outcome is Outcome.ACCEPTED:
+            then = dataclasses.replace(then, notify=step.notify)
+        return fallback, then
 
     async def _retrieved(
         self, mailbox: ThreadedMailbox, plan: SessionPlan, info: MessageInfo, total: int
-    ) -> BinaryIO:
-        """The message in a spool: read ahead while the one before was delivered, or now. The
-        message after it starts being read at once, on the connection's thread."""
+    ) -> _Ahead:
+        """The message, read ahead while the one before was delivered, or now. The message
+        after it starts being read at once, on the connection's thread. A streamed message
+        comes back once its first octets are here; the others once they are whole."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead.info.number != info.number:
             ahead.drop()
             ahead = None
         if ahead is None:
-            ahead = _Ahead.start(mailbox, info, peek=self.policy.peek)
+            ahead = _Ahead.start(mailbox, info, peek=self.policy.peek, stream=self._streams(info))
         following = plan.peek()
         if following is not None and not self.stopping.is_set():
-            self._ahead = _Ahead.start(mailbox, following.message, peek=self.policy.peek)
-        user, server = self.user, self.server
-        reading = f"reading message {user.remote}@{server.queryname}:{info.shown_as} of {total}"
+            self._ahead = _Ahead.start(
+                mailbox, following.message, peek=self.policy.peek,
+                stream=self._streams(following.message),
+            )
         try:
-            async with progress.shown(self.reporter, ahead.spool, info.size, reading):
-                await ahead.task
+            if ahead.streamed is not None:
+                try:
+                    await asyncio.to_thread(
+                        ahead.streamed.wait_for, min(info.size, DIGEST_OCTETS)
+                    )
+                except SpoolBroken:
+                    await ahead.task  # the server's own error
+                    raise
+            else:
+                await self._complete(ahead, info, total)
         except BaseException:
             ahead.drop()
             raise
-        return ahead.spool
+        return ahead
+
+    def _streams(self, info: MessageInfo) -> bool:
+        """Stream a large message to an SMTP or LMTP listener. An MDA or a BSMTP file cannot
+        be told to forget half a message, so those get it whole."""
+        return (
+            info.size >= STREAM_OCTETS and self.user.mda is None and self.user.bsmtp is None
+        )
+
+    async def _complete(self, ahead: _Ahead, info: MessageInfo, total: int) -> None:
+        """Wait until the message has all arrived, showing its progress on a terminal."""
+        if ahead.task.done():
+            ahead.task.result()
+            return
+        async with self._reading_shown(ahead, info, total):
+            await ahead.task
+
+    def _reading_shown(
+        self, ahead: _Ahead, info: MessageInfo, total: int
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """How far the message has come, on a terminal, while the block runs (nothing once it
+        has all arrived)."""
+        if ahead.task.done():
+            return contextlib.nullcontext()
+        user, server = self.user, self.server
+        reading = f"reading message {user.remote}@{server.queryname}:{info.shown_as} of {total}"
+        return progress.shown(self.reporter, ahead.progress, info.size, reading)
 
     async def _settle(self, mailbox: ThreadedMailbox, plan: SessionPlan, total: int) -> None:
         """The waiting messages' turn on the server: their records made durable with one
@@ -497,10 +599,17 @@ class AccountPoll:
             return ""
         return "LMTP" if self.user.lmtp else "SMTP"
 
-    async def _bounce(self, delivery: Delivery, envelope: Envelope | None, header: bytes) -> bool:
-        """Tell the sender (or the postmaster) before a refused message is dropped; False if
-        that failed, so that the message stays on the server. `envelope` is None for a
-        message refused before delivery (a bad header): there is nobody known to tell."""
+    async def _bounce(
+        self,
+        delivery: Delivery,
+        envelope: Envelope | None,
+        header: bytes,
+        refused: tuple[str, ...] = (),
+    ) -> bool:
+        """Tell the sender (or the postmaster) before a refused message is dropped, or of the
+        `refused` recipients of one the others took; False if that failed, so that a dropped
+        message stays on the server. `envelope` is None for a message refused before delivery
+        (a bad header): there is nobody known to tell."""
         to = bounce_recipient(
             envelope.sender if envelope else "",
             bouncemail=self.globals.bouncemail,
@@ -508,13 +617,13 @@ class AccountPoll:
         )
         if to is None:
             return True  # the null sender is never bounced to
-        recipients = envelope.recipients if envelope else [self.user.remote]
+        recipients = list(refused) or (envelope.recipients if envelope else [self.user.remote])
         host = local_hostname()
         bounce = build_bounce(
             to=to, recipients=recipients, delivery=delivery, original_header=header,
             local_host=host,
         )
-        sink = SmtpSink(self.user.smtphunt, helo_name=host)
+        sink = SmtpSink(self.user.smtphunt, lmtp=self.user.lmtp, helo_name=host)
         try:
             result = await sink.deliver(*bounce)
         except PyfetchError as err:
@@ -528,33 +637,53 @@ class AccountPoll:
 
     async def _deliver(
         self,
-        spool: BinaryIO,
+        ahead: _Ahead,
         mailbox: ThreadedMailbox,
         *,
         skip: frozenset[str] = frozenset(),
-        size: int = 0,
+        refused: tuple[str, ...] = (),
     ) -> _Fetched:
-        """The delivery of the spooled message, with the envelope and edited header a bounce
-        would need. `skip`: recipients that have it already (nobody left: it is delivered).
-        `size`: as the server listed it, for SIZE= as fetchmail declares it."""
-        header_octets = None
-        if mailbox.protocol == "IMAP":
-            # fetchmail fetches an IMAP message's header and body apart and shows both sizes
+        """The delivery of the message, with the envelope and edited header a bounce would
+        need. `skip`: recipients that have it already (nobody left: it is delivered).
+        `refused`: the recipients the listener refused for good; it goes to the postmaster."""
+        protocol = mailbox.protocol
+        resolve = None
+        if self.user.multidrop and self.server.dns and not refused:
+            if self._resolver is None:
+                self._resolver = TimedResolver(min(DNS_TIMEOUT, self.server.timeout or DNS_TIMEOUT))
+            resolve = self._resolver
+
+        def prepared_message() -> tuple[tuple[Envelope, Message] | Delivery, int | None]:
+            spool = ahead.body
+            header_octets = None
+            if protocol == "IMAP":
+                # fetchmail fetches an IMAP message's header and body apart, shows both sizes
+                spool.seek(0)
+                msg.read_header(spool)
+                header_octets = spool.tell()
             spool.seek(0)
-            msg.read_header(spool)
-            header_octets = spool.tell()
-        spool.seek(0)
-        prepared = msg.prepare(
-            spool,
-            server=self.server,
-            user=self.user,
-            globals_=self.globals,
-            protocol=mailbox.protocol,
-            peer_address=mailbox.peer_address,
-            for_mda=self.user.mda is not None and self.user.bsmtp is None,
-            size=size,
-        )
-        if isinstance(prepared, Delivery):  # refused before delivery (bad header)
+            prepared = msg.prepare(
+                spool,
+                server=self.server,
+                user=self.user,
+                globals_=self.globals,
+                protocol=protocol,
+                peer_address=mailbox.peer_address,
+                for_mda=self.user.mda is not None and self.user.bsmtp is None,
+                size=ahead.info.size,  # as listed: fetchmail declares it in SIZE=
+                resolve=resolve,
+                note=_route_note,
+                refused=refused,
+            )
+            return prepared, header_octets
+
+        if resolve is not None:
+            # Routing may ask DNS, which blocks: on a thread, each name bounded by a timeout,
+            # so that neither this poll nor the others wait on a resolver that does not answer.
+            prepared, header_octets = await asyncio.to_thread(prepared_message)
+        else:
+            prepared, header_octets = await ahead.off_loop(prepared_message)
+        if isinstance(prepared, Delivery):  # refused before delivery (bad header, DNS, ...)
             return _Fetched(prepared, None, b"", header_octets)
         envelope, message = prepared
         if skip:
@@ -592,24 +721,51 @@ class _Done:
 
 @dataclass
 class _Ahead:
-    """A message being read on the connection's thread while another is delivered."""
+    """A message being read on the connection's thread while another is delivered (or, when
+    streamed, while it is itself delivered)."""
 
     info: MessageInfo
-    spool: BinaryIO
+    body: BinaryIO  # where the message is read from
+    progress: BinaryIO  # whose tell() says how much has arrived
     task: asyncio.Task[int]
+    streamed: GrowingSpool | None
 
     @classmethod
-    def start(cls, mailbox: ThreadedMailbox, info: MessageInfo, *, peek: bool) -> _Ahead:
-        spool = _spool()
-        task = asyncio.ensure_future(mailbox.retrieve(info.number, spool, peek=peek))
-        return cls(info, spool, task)
+    def start(
+        cls, mailbox: ThreadedMailbox, info: MessageInfo, *, peek: bool, stream: bool
+    ) -> _Ahead:
+        if not stream:
+            spool = _spool()
+            task = asyncio.ensure_future(mailbox.retrieve(info.number, spool, peek=peek))
+            return cls(info, spool, spool, task, None)
+        growing = GrowingSpool()
+        writer = cast(BinaryIO, growing)
+        task = asyncio.ensure_future(mailbox.retrieve(info.number, writer, peek=peek))
+        task.add_done_callback(lambda done: growing.finish(_failure(done)))
+        return cls(info, growing.reader(), writer, task, growing)
+
+    async def off_loop(self, call: Callable[..., _T], *args: Any) -> _T:
+        """`call(*args)` reads the message: on a thread while it may still be arriving (a
+        read then waits for the server), at once otherwise."""
+        if self.streamed is not None and not self.streamed.complete:
+            return await asyncio.to_thread(call, *args)
+        return call(*args)
 
     def drop(self) -> None:
-        """Not wanted after all (the session ends): the thread finishes the read on its own
-        (its connection is closing); what it read is thrown away."""
+        """Done with, or not wanted after all (the session ends): a read still going on
+        finishes on its own (its connection is closing); what it read is thrown away."""
         self.task.cancel()
         self.task.add_done_callback(_quietly)
-        self.spool.close()
+        if self.streamed is not None:
+            self.streamed.close()  # a reader still waiting gives up
+        else:
+            self.body.close()
+
+
+def _failure(task: asyncio.Task[int]) -> BaseException | None:
+    if task.cancelled():
+        return SpoolBroken("the read was cancelled")
+    return task.exception()
 
 
 def _quietly(task: asyncio.Task[int]) -> None:
@@ -623,6 +779,15 @@ class _Fetched:
     envelope: Envelope | None  # None: refused before delivery, nobody known to bounce to
     header: bytes  # as edited for delivery
     header_octets: int | None  # the header's size as fetched, for IMAP's progress line
+
+
+def _route_note(line: str) -> None:
+    # fetchmail says how it routed a multidrop message at -vv (O_DEBUG), which pyfetch's trace
+    # has no level for: the logger's DEBUG, as the MDA command line.
+    _routing_log.debug("%s", line)
+
+
+_routing_log = logging.getLogger(trace.TRACE_LOGGER)
 
 
 def _spool() -> BinaryIO:

@@ -268,14 +268,46 @@ WITHOUT_UIDPLUS = frozenset({("expunge", "number")})
 def test_a_hostile_peer_loses_nothing_and_delivers_nothing_twice(
     tmp_path: Path, side: str, step: str, kind: str
 ) -> None:
+    hostile_case(tmp_path, side, step, kind, MESSAGES)
+
+
+def big_message(n: int) -> bytes:
+    """A message large enough to be streamed: the listener has its first part while the
+    server is still sending the rest, so a text cut short must never reach the final dot."""
+    line = f"filler line of message {n}, long enough to make a few megabytes\r\n".encode()
+    return message(n) + line * (STREAMED_OCTETS // len(line))
+
+
+STREAMED_OCTETS = 5 << 20  # above the size from which pyfetch streams (session.STREAM_OCTETS)
+BIG_MESSAGES = [big_message(n) for n in (1, 2, 3)]
+STREAMED_CASES = [
+    case for case in CASES
+    if (case[1] == "fetch" and case[0] != "smtp")
+    or (case[0] == "smtp" and case[1] in ("data", "eom"))
+]
+
+
+@pytest.mark.parametrize(
+    ("side", "step", "kind"),
+    [pytest.param(*case, id="-".join(case)) for case in STREAMED_CASES],
+)
+def test_a_hostile_peer_loses_nothing_of_a_streamed_message(
+    tmp_path: Path, side: str, step: str, kind: str
+) -> None:
+    hostile_case(tmp_path, side, f"{step}", kind, BIG_MESSAGES, label=" (5 MiB)")
+
+
+def hostile_case(
+    tmp_path: Path, side: str, step: str, kind: str, messages: list[bytes], label: str = ""
+) -> None:
     home = tmp_path / "home"
     home.mkdir()
     first_exit: int | None = None
     survived = False
     try:
         mailbox: MailServer = (
-            HostileImapServer(MESSAGES, uidplus=(step, kind) not in WITHOUT_UIDPLUS)
-            if side == "imap" else HostilePop3Server(MESSAGES)
+            HostileImapServer(messages, uidplus=(step, kind) not in WITHOUT_UIDPLUS)
+            if side == "imap" else HostilePop3Server(messages)
         )
         with mailbox as pop, HostileSmtpListener() as smtp:
             write_rcfile(home, pop, smtp)
@@ -306,7 +338,7 @@ def test_a_hostile_peer_loses_nothing_and_delivers_nothing_twice(
             assert not problems, "\n".join(problems) + "\n" + history
         survived = True
     finally:
-        OUTCOMES.append(Outcome(side, step, kind, first_exit, survived))
+        OUTCOMES.append(Outcome(side, step + label, kind, first_exit, survived))
 
 
 COMMON_KINDS = ("silent", "reset", "garbage", "long", "long-nocrlf")

@@ -25,7 +25,9 @@ def home(tmp_path: Path) -> Path:
 def test_lmtp_delivers_again_only_to_the_recipient_that_deferred(
     home: Path, dovecot: Dovecot, test_ca: TestCA, lmtpd: SMTPServer
 ) -> None:
-    dovecot.seed("bob", MESSAGES[:1])
+    # a multidrop mailbox; the message is for both of its users
+    dovecot.seed("bob", [MESSAGES[0].replace(b"To: bob@mail.isp.net",
+                                             b"To: bob@mail.isp.net, carol@mail.isp.net")])
     path = rcfile(home, dovecot, test_ca, lmtpd, "lmtp")
     path.write_text(path.read_text().replace("is bob here", "is bob carol here"))
     first = pyfetch(home)

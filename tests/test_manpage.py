@@ -91,7 +91,8 @@ def test_the_page_has_the_sections_of_a_manual(rendered: str) -> None:
     headings = [line for line in rendered.splitlines() if re.fullmatch(r"[A-Z][A-Z0-9 ]+", line)]
     assert headings == [
         "NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "CONFIGURATION", "IMAP AND OAUTH2",
-        "IDLE", "DAEMON MODE", "OUTPUT", "CERTIFICATES", "COMPATIBILITY", "EXIT STATUS",
+        "IDLE", "DAEMON MODE", "MULTIDROP", "OUTPUT", "CERTIFICATES", "COMPATIBILITY",
+        "EXIT STATUS",
         "ENVIRONMENT", "FILES",
         "SECURITY", "SEE ALSO",
     ]

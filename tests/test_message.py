@@ -956,12 +956,12 @@ def test_prepare_for_smtp() -> None:
             b"<bob@localhost>",  # fetchmail's MDA sink forces localhost
         ),
         ({"bsmtp": "-", "smtphunt": ["mx"]}, {}, False, ["bob@localhost"], b"<bob@localhost>"),
-        (
+        (  # multidrop: the header names bob (`To: bob`, qualified by rewrite), not the others
             {"localnames": [("bob", None), ("carol", "caroline"), ("dave", None)]},
             {},
             False,
-            ["bob@localhost", "caroline@localhost", "dave@localhost"],
-            None,
+            ["bob@localhost"],
+            b"<bob@localhost> (multi-drop)",
         ),
         (
             {"localnames": [("bob", None)], "wildcard": True},

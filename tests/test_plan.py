@@ -132,6 +132,56 @@ def test_after_delivery(delivery: Delivery, policy: Policy, has_uid: bool, expec
     assert after_delivery(delivery, policy, has_uid=has_uid) == expected
 
 
+MULTIDROP = Policy(multidrop=True)
+BOTH = ("bob@host", "carol@host")
+CAROL_UNKNOWN = {"carol@host": "550 5.1.1 carol: no such user"}
+
+
+@pytest.mark.parametrize(
+    ("delivery", "policy", "recipients", "expected"),
+    [
+        # some recipients refused for good, the others took it: deleted, the refused reported
+        (Delivery(Outcome.ACCEPTED, refused=CAROL_UNKNOWN), MULTIDROP, BOTH,
+         Step(Record.DELIVERED, OnServer.DELETE, notify=("carol@host",))),
+        (Delivery(Outcome.ACCEPTED, refused=CAROL_UNKNOWN), Policy(multidrop=True, keep=True),
+         BOTH, Step(Record.SEEN, OnServer.MARK_SEEN, notify=("carol@host",))),
+        # not every refusal is reported: spam (unless spambounce), 553, 552 without bouncemail
+        (Delivery(Outcome.ACCEPTED, refused={"carol@host": "554 spam"}),
+         Policy(multidrop=True, antispam=frozenset({554})), BOTH, DELETE),
+        (Delivery(Outcome.ACCEPTED, refused={"carol@host": "554 spam"}),
+         Policy(multidrop=True, antispam=frozenset({554}), spambounce=True), BOTH,
+         Step(Record.DELIVERED, OnServer.DELETE, notify=("carol@host",))),
+        (Delivery(Outcome.ACCEPTED, refused={"carol@host": "553 bad sender"}), MULTIDROP, BOTH,
+         DELETE),
+        (Delivery(Outcome.ACCEPTED, refused={"carol@host": "552 too big"}),
+         Policy(multidrop=True, bouncemail=False), BOTH, DELETE),
+        (Delivery(Outcome.ACCEPTED, refused={"carol@host": "552 too big"}), MULTIDROP, BOTH,
+         Step(Record.DELIVERED, OnServer.DELETE, notify=("carol@host",))),
+        # every recipient refused for good: the postmaster gets it, whatever softbounce says
+        (Delivery(Outcome.PERMFAIL, refused={r: "550 no" for r in BOTH}), MULTIDROP, BOTH,
+         Step(Record.NOTHING, OnServer.LEAVE, notify=BOTH, to_postmaster=True)),
+        (Delivery(Outcome.PERMFAIL, refused={r: "550 no" for r in BOTH}),
+         Policy(multidrop=True, softbounce=False), BOTH,
+         Step(Record.NOTHING, OnServer.LEAVE, notify=BOTH, to_postmaster=True)),
+        # ... but not a single-drop message, nor one refused after DATA, nor a deferral
+        (Delivery(Outcome.PERMFAIL, refused={"bob@host": "550 no"}), Policy(), ("bob@host",),
+         KEEP_FOR_RETRY),
+        (Delivery(Outcome.PERMFAIL, refused=CAROL_UNKNOWN), MULTIDROP, BOTH, KEEP_FOR_RETRY),
+        (Delivery(Outcome.PERMFAIL), MULTIDROP, BOTH, KEEP_FOR_RETRY),
+        # any 4xx keeps the whole message, whoever else accepted it
+        (Delivery(Outcome.TEMPFAIL, refused={"carol@host": "452 full"}), MULTIDROP, BOTH,
+         KEEP_FOR_RETRY),
+        # the postmaster's own delivery (no recipients handed in) never goes round again
+        (Delivery(Outcome.PERMFAIL, refused={"postmaster@host": "550 no"}), MULTIDROP, (),
+         KEEP_FOR_RETRY),
+    ],
+)
+def test_after_delivery_per_recipient(
+    delivery: Delivery, policy: Policy, recipients: tuple[str, ...], expected: Step
+) -> None:
+    assert after_delivery(delivery, policy, has_uid=True, recipients=recipients) == expected
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [

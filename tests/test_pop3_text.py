@@ -8,13 +8,14 @@ stuffed dot or a CRLF falls across every possible boundary.
 from __future__ import annotations
 
 import io
+import itertools
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fetcher.drivers.pop3 import Pop3Driver
+from fetcher.drivers.pop3 import Pop3Driver, _terminator, _unstuff
 from fetcher.errors import ServerConnectionError
 from fetcher.model import ServerOptions, UserOptions
 
@@ -110,3 +111,31 @@ def test_a_line_longer_than_what_is_held_at_once_passes_whole() -> None:
 def test_end_of_stream_before_the_terminator_is_a_lost_connection() -> None:
     with pytest.raises(ServerConnectionError, match="lost"):
         copy(b"a\r\nb\r\n", [3])
+
+
+def _reference_terminator(data: bytes) -> tuple[int, int]:
+    """The plain reading: the first line that is a lone dot, ended by CRLF or a bare LF."""
+    marked = b"\n" + data
+    found = [
+        (at, len(term) - 1) for term in (b"\n.\r\n", b"\n.\n") if (at := marked.find(term)) >= 0
+    ]
+    return min(found) if found else (-1, 0)
+
+
+def _reference_unstuff(lines: bytes) -> bytes:
+    text = (b"\n" + lines.replace(b"\r\n", b"\n")).replace(b"\n.", b"\n")[1:]
+    return text.replace(b"\n", b"\r\n")
+
+
+def test_the_fast_crlf_path_finds_and_unstuffs_what_the_plain_reading_does() -> None:
+    """Every string of up to 7 octets of dot, CR, LF and a letter: the one-search path for
+    CRLF-only blocks and the general one agree with the plain reading."""
+    for length in range(8):
+        for parts in itertools.product((b".", b"\r", b"\n", b"a"), repeat=length):
+            data = b"".join(parts)
+            crlf = data.count(b"\n") == data.count(b"\r\n")
+            expected = _reference_terminator(data)
+            assert _terminator(data, crlf=crlf) == expected, data
+            assert _terminator(data) == expected, data
+            if not data or data.endswith(b"\n"):  # whole lines only, as the driver gives it
+                assert _unstuff(data, crlf=crlf) == _reference_unstuff(data), data

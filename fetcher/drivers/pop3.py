@@ -63,6 +63,10 @@ MAX_LINE = 1024 * 1024
 MAX_REPLY_LINE = 8192  # longest status or listing line (RFC 2449 allows only 512)
 MAX_CAPA_LINES = 1000  # a CAPA listing longer than this is not a POP3 server talking
 MAX_UID = 512  # RFC 1939 says 70; some servers exceed it, none by this much (CVE-2005-2335)
+# The connection's read buffer: a message's text is worked on a buffer's worth at a time, and
+# each refill lets go of the interpreter lock, so fewer and larger ones keep a large message
+# moving while the listener's side is busy too.
+READ_BUFFER = 256 << 10
 TOP_ALL_LINES = 99999999  # fetchmail's TOP n 99999999: the whole message, but not marked seen
 FORCE_RETR_ENV = "FETCHMAIL_POP3_FORCE_RETR"  # fetchmail: set at all, even empty, means RETR
 _FORBIDDEN_IN_COMMANDS = ("\r", "\n", "\0")
@@ -425,7 +429,7 @@ class Pop3Driver(Endpoint):
             return
         old_file = conn.file
         conn.sock = tls_sock
-        conn.file = tls_sock.makefile("rb")
+        conn.file = cast(BinaryIO, tls_sock.makefile("rb", buffering=READ_BUFFER))
         with contextlib.suppress(OSError):
             old_file.close()
         self.tls_active = True
@@ -743,16 +747,19 @@ class Pop3Driver(Endpoint):
                 start = data.index(b"\n") + 1
                 text = _line_end(data[:start])
                 continued = False
-            end, end_length = _terminator(data[start:])
+            block_lines = data[start:] if start else data
+            # CRLF throughout, as RFC 1939 has it, makes both steps one search shorter
+            crlf = block_lines.count(b"\n") == block_lines.count(b"\r\n")
+            end, end_length = _terminator(block_lines, crlf=crlf)
             if end >= 0:
-                lines, rest, used = data[start : start + end], b"", start + end + end_length
+                lines, rest, used = block_lines[:end], b"", start + end + end_length
             else:
-                cut = data.rfind(b"\n") + 1
-                lines, rest, used = data[start:cut], data[cut:], len(data)
+                cut = block_lines.rfind(b"\n") + 1
+                lines, rest, used = block_lines[:cut], block_lines[cut:], len(data)
             with self._wire(None):
                 # the whole block, or only up to the end of the terminator line
                 reader.read(used - len(pending))
-            text += _unstuff(lines)
+            text += _unstuff(lines, crlf=crlf)
             if text:
                 out.write(text)
                 written += len(text)
@@ -832,9 +839,17 @@ def _number(text: str) -> int | None:
     return int(text)
 
 
-def _terminator(data: bytes) -> tuple[int, int]:
+def _terminator(data: bytes, *, crlf: bool = False) -> tuple[int, int]:
     """Where the `.` line that ends a multi-line reply starts in `data` (which starts a line),
-    and its length with its line end; (-1, 0) if it is not there."""
+    and its length with its line end; (-1, 0) if it is not there. `crlf`: every LF in `data`
+    follows a CR, so only `CRLF . CRLF` can end it (one search for a pattern five long)."""
+    if data.startswith(b".\r\n"):
+        return 0, 3
+    if data.startswith(b".\n"):
+        return 0, 2
+    if crlf:
+        at = data.find(b"\r\n.\r\n")
+        return (at + 2, 3) if at >= 0 else (-1, 0)
     marked = b"\n" + data
     found = [
         (at, len(term) - 1)
@@ -863,9 +878,13 @@ def _line_end(piece: bytes) -> bytes:
     return body + b"\r\n"
 
 
-def _unstuff(lines: bytes) -> bytes:
+def _unstuff(lines: bytes, *, crlf: bool = False) -> bytes:
     """Whole lines of a multi-line reply as the message holds them: a dot that starts a line
-    is removed (the server doubled it), and every line ends with CRLF."""
+    is removed (the server doubled it), and every line ends with CRLF. `crlf`: they do
+    already."""
+    if crlf:
+        text = lines.replace(b"\r\n.", b"\r\n")
+        return text[1:] if text.startswith(b".") else text
     text = (b"\n" + lines.replace(b"\r\n", b"\n")).replace(b"\n.", b"\n")[1:]
     return text.replace(b"\n", b"\r\n")
 

@@ -24,7 +24,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from aiosmtplib.auth import auth_crammd5_verify, auth_login_encode, auth_plain_encode
@@ -35,8 +35,10 @@ from fetcher import trace
 from fetcher.errors import ConfigError, ListenerUnavailableError
 from fetcher.message import smtp_data_chunks
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
+from fetcher.spool import still_growing
 
 CHUNK_SIZE = 65536  # bytes per DATA write; large writes are what keep Nagle out of the way
+STREAM_PULL_OCTETS = 1 << 20  # stuffed octets per hop to a thread while a body still arrives
 SMTP_PORT = 25
 _LINE_LIMIT = 65536  # longest reply line we buffer; a bound, since the peer is not trusted
 _MAX_REPLY_LINES = 1000  # same, for the continuation lines of one reply
@@ -647,7 +649,7 @@ class SmtpSink:
         limit = self._chunk_size
         pending: list[bytes | memoryview] = []
         size = 0
-        for chunk in self._stuffed(message):
+        async for chunk in self._stuffed_async(message):
             view = memoryview(chunk)
             while view:
                 if size >= limit:
@@ -661,6 +663,20 @@ class SmtpSink:
         # delayed ACK.
         pending.append(b".\r\n")
         await wire.write(b"".join(pending), self._timeouts.data_block)
+
+    async def _stuffed_async(self, message: Message) -> AsyncIterator[bytes]:
+        """The stuffed chunks; while the body is still arriving from the server (a large
+        message is streamed, fetcher/spool.py), they are read off the event loop's thread, a
+        megabyte at a time, so that waiting for the server holds up no other poll."""
+        chunks = self._stuffed(message)
+        while still_growing(message.body):
+            batch = await asyncio.to_thread(_pull, chunks, STREAM_PULL_OCTETS)
+            if not batch:
+                return
+            for chunk in batch:
+                yield chunk
+        for chunk in chunks:
+            yield chunk
 
     def _stuffed(self, message: Message) -> Iterator[bytes]:
         # The header goes through the same line-end handling and stuffing as the body: with
@@ -729,3 +745,16 @@ class SmtpSink:
             return
         if reply.code != 250:
             self._discard(wire)
+
+
+def _pull(chunks: Iterator[bytes], octets: int) -> list[bytes]:
+    """Chunks from `chunks` until they add up to `octets` or there are no more (a thread's
+    work: reading a body still arriving waits for it)."""
+    batch: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        size += len(chunk)
+        if size >= octets:
+            break
+    return batch

@@ -1,0 +1,173 @@
+"""A large message's spool that the listener reads while the server is still sending it.
+
+A message of some megabytes used to be read whole from the server before its first byte went
+to the listener: the two legs took turns. `GrowingSpool` lets them overlap. The connection's
+thread writes into it; `reader()` gives a file that reads what has arrived so far and waits
+(on the reading thread) for the rest, until the writer is done.
+
+The rules of docs/design.md hold because the end of the data is only ever seen once the whole
+text has arrived: a reader reaches the end of the file only after `finish()` without an error.
+If the server's side fails half-way, the reader raises `SpoolBroken` instead, the listener
+connection is dropped before the final dot, and the listener discards what it had.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from typing import BinaryIO, cast
+
+# The writer makes its data visible in steps of this much (one flush each): small enough to
+# keep the listener busy, large enough that flushes and wake-ups cost nothing.
+PUBLISH_OCTETS = 256 << 10
+
+
+class SpoolBroken(OSError):
+    """The server's side of a streamed message failed; its text will never be complete."""
+
+
+class GrowingSpool:
+    """The writer's face: the driver writes, `finish()` says it is done (or failed)."""
+
+    def __init__(self) -> None:
+        # On disk (in the page cache, in practice): a 100 MB message never sits in our memory.
+        self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 (closed by close())
+        self._pending = bytearray()
+        self._cond = threading.Condition()
+        self._published = 0  # octets a reader may read
+        self._written = 0
+        self._done = False
+        self._error: BaseException | None = None
+
+    # -- the writer (the connection's thread) ----------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        # Gathered here and written a quarter megabyte at a time: each write to the file lets
+        # go of the interpreter lock, and getting it back while the listener's side is busy
+        # can take milliseconds. Thousands of small writes made the server's side the slower.
+        n = len(data)
+        self._pending += data
+        self._written += n
+        if len(self._pending) >= PUBLISH_OCTETS:
+            self._publish()
+        return n
+
+    def tell(self) -> int:
+        """How much has arrived (the progress display reads it from the loop's thread)."""
+        return self._written
+
+    def flush(self) -> None:
+        self._publish()
+
+    def _publish(self) -> None:
+        if self._pending:
+            view = memoryview(self._pending)
+            while view:
+                view = view[self._file.write(view) or 0 :]
+            view.release()
+            self._pending.clear()
+        with self._cond:
+            self._published = self._written
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The text is complete, or will never be (`error`). Readers wake up either way."""
+        if error is None:
+            try:
+                self._publish()
+            except OSError as exc:
+                error = exc
+        with self._cond:
+            if self._done:
+                return
+            self._done = True
+            self._error = error
+            if error is None:
+                self._published = self._written
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self.finish(SpoolBroken("the message was given up"))
+        self._file.close()
+
+    # -- the reader ---------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        with self._cond:
+            return self._done and self._error is None
+
+    def available(self) -> int:
+        with self._cond:
+            return self._published
+
+    def wait_for(self, octets: int) -> int:
+        """Block until `octets` have arrived or the writer is done; how many there are. Raises
+        SpoolBroken if the writer failed before that many arrived."""
+        with self._cond:
+            while self._published < octets and not self._done:
+                self._cond.wait()
+            if self._published < octets and self._error is not None:
+                raise SpoolBroken(f"the message's text broke off: {self._error}") from self._error
+            return self._published
+
+    def reader(self) -> BinaryIO:
+        return cast(BinaryIO, _Reader(self))
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self._file.fileno(), size, offset)
+
+
+def still_growing(body: BinaryIO) -> bool:
+    """Whether `body` is a streamed message's text that has not all arrived yet (reading it
+    may wait)."""
+    return isinstance(body, _Reader) and not body.spool.complete
+
+
+class _Reader:
+    """A read-only file over a GrowingSpool, with its own position. A read waits for the data
+    it asks for, so read it off the event loop's thread while the spool is not complete."""
+
+    def __init__(self, spool: GrowingSpool) -> None:
+        self.spool = spool
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        spool = self.spool
+        if size is None or size < 0:
+            end = spool.wait_for(1 << 62)  # everything: until the writer is done
+            size = end - self._pos
+        else:
+            end = spool.wait_for(self._pos + size)
+            size = min(size, end - self._pos)
+        if size <= 0:
+            return b""
+        data = spool._pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            self._pos = offset
+        elif whence == os.SEEK_CUR:
+            self._pos += offset
+        else:  # the end is known only once everything has arrived
+            self._pos = self.spool.wait_for(1 << 62) + offset
+        return self._pos
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
