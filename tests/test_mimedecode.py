@@ -374,3 +374,36 @@ def test_deliberate_differences_from_fetchmail(
     [(cut, whole)] = both([start + b"Subject: dots\r\n" + DOTS], home, dovecot, smtpd)
     assert cut.data.endswith(b"\r\n\r\nbefore\r\n")
     assert whole.data.endswith(b"\r\n\r\nbefore\r\n.\r\nafter\r\n")
+
+
+def large_message() -> bytes:
+    """Over 4 MiB, so that pyfetch streams it to the listener while it arrives: a multipart
+    with a quoted-printable text part (soft breaks, escapes) and a base64 part, boundaries
+    spread across the whole."""
+    text = b"caf=C3=A9 =3D cr=C3=A8me, soft=\r\n break, and a line of its own\r\n" * 30_000
+    blob = b"SGVsbG8sIHdvcmxkIQ==\r\n" * 60_000
+    return (
+        b"From: =?utf-8?q?Andr=C3=A9?= <andre@example.org>\r\nTo: bob@example.org\r\n"
+        b"Subject: =?utf-8?q?large_caf=C3=A9?=\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="big"\r\n\r\n'
+        b"--big\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + text
+        + b"--big\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + blob
+        + b"--big\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        b"\r\n" + text + b"--big--\r\n"
+    )
+
+
+@pytest.mark.usefixtures("need_fetchmail")
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_a_streamed_message_is_decoded_as_fetchmail_decodes_it(
+    home: Path, dovecot: Dovecot, test_ca: TestCA, smtpd: SMTPServer, protocol: str
+) -> None:
+    message = large_message()
+    assert len(message) > 4 << 20
+    rcfile(home, dovecot, test_ca, smtpd, protocol, "mimedecode")
+    [(theirs, ours)] = both([message], home, dovecot, smtpd)
+    assert without_received(ours.data) == without_received(theirs.data)
+    assert len(ours.data) < len(message)  # decoded
+    assert (ours.mail_from, ours.mail_options) == (theirs.mail_from, theirs.mail_options)
