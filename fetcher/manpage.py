@@ -375,6 +375,7 @@ def render(readme_text: str, security_text: str) -> str:
     out += [".SH CERTIFICATES", *markdown_to_roff(readme.section("Certificates"))]
     out += [".SH TUNNELS", *markdown_to_roff(readme.section("Tunnels"))]
     out += [".SH COMPATIBILITY", *markdown_to_roff(readme.section("Compatible with fetchmail"))]
+    out += [".SS The mail delivered", *markdown_to_roff(readme.section("The mail delivered"))]
     out += [".SH EXIT STATUS", *_exit_status(readme.section("Exit codes"))]
     out += [".SH ENVIRONMENT", *markdown_to_roff(_ENVIRONMENT)]
     out += [".SH FILES", *markdown_to_roff(_FILES)]

@@ -4,20 +4,20 @@ Pure: no I/O except reading (and, in `read_header`, seeking) the spool file hand
 works on bytes, because mail is 8-bit, may hold invalid UTF-8 or NULs, and may use bare LF line
 ends. Only the header block is held in memory (fetchmail buffers it too: it decides the sender,
 the recipients and where the Received line goes); the body stays in the spool and is streamed
-through `read_chunks`, `convert_line_ends` and `dot_stuff_chunks` in bounded chunks
-(docs/design.md, rule 6).
+in bounded chunks (`Message.body_chunks`, then `convert_line_ends` or `smtp_data_chunks`;
+docs/design.md, rule 6).
 
 Steps, in the order a poll uses them:
 
 1. `read_header` reads the header block off the spool and leaves the spool at the first body
-   byte;
-2. `envelope_sender` and `recipient_addresses` give MAIL FROM and RCPT TO, `body_type` the
-   BODY= parameter;
+   byte; with `mimedecode`, `decode_header` decodes its RFC 2047 words (`fetcher.mimedecode`);
+2. `envelope_sender` and `recipient_addresses` give MAIL FROM and RCPT TO;
 3. `received_header` builds fetchmail's trace line and `edit_header` the header block handed
-   on (or raises `BadHeaderError`);
-4. the sink streams header and body with `read_chunks` and `convert_line_ends` (stripcr,
-   forcecr) and, for SMTP, LMTP and BSMTP, `dot_stuff_chunks`; an MDA command line comes
-   from `mda_command`.
+   on (or raises `BadHeaderError`); `mimedecode.analyse` reads its MIME structure, which gives
+   `body_type` the BODY= parameter and, with `mimedecode`, the body's decoder;
+4. the sink streams header and body (decoded as it goes) through `convert_line_ends` (stripcr,
+   forcecr) for an MDA, or `smtp_data_chunks` (CRLF line ends, dot-stuffing) for SMTP, LMTP
+   and BSMTP; an MDA command line comes from `mda_command`.
 
 `prepare` strings steps 1 to 3 together for the session. For a multidrop account (several
 local names, or `*`) the recipients come from the header, as `fetcher.recipients` decides.
@@ -25,7 +25,9 @@ local names, or `*`) the recipients come from the header, as `fetcher.recipients
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 import re
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +37,7 @@ from typing import BinaryIO, NamedTuple
 
 from fetcher import __version__
 from fetcher.errors import ConfigError
+from fetcher.mimedecode import MimeInfo, analyse, decode_body, unmime_header
 from fetcher.model import GlobalOptions, LocalName, ServerOptions, UserOptions
 from fetcher.recipients import Resolve, Routing, route
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
@@ -49,7 +52,6 @@ __all__ = [
     "body_type",
     "check_mda_template",
     "convert_line_ends",
-    "dot_stuff_chunks",
     "edit_header",
     "envelope_sender",
     "first_address",
@@ -61,6 +63,7 @@ __all__ = [
     "received_header",
     "recipient_addresses",
     "rewrite_addresses",
+    "smtp_data_chunks",
 ]
 
 # fetchmail grows its header buffer without bound; a hostile server could then make us hold
@@ -233,6 +236,29 @@ _FIRST_READ = 8192
 _BLANK_LINE = re.compile(rb"\n[\r\0]*\n")
 _LINE_END = re.compile(rb"\r*\n")
 _FIELD_START = re.compile(rb"\r\n(?![ \t])")
+
+
+def decode_header(header: RawHeader) -> RawHeader:
+    """`mimedecode`: the header with the RFC 2047 encoded words of every field decoded, as
+    fetchmail does before anything looks at the header (`mimedecode.unmime_header`)."""
+    fields: list[HeaderField] = []
+    for field in header.fields:
+        if b"=?" in field.raw:
+            # decoded with its line end, as fetchmail does: it can matter to an unended word
+            raw = unmime_header(field.raw + b"\r\n").removesuffix(b"\r\n")
+            if raw != field.raw:
+                field = HeaderField.parse(raw)
+        fields.append(field)
+    return dataclasses.replace(header, fields=tuple(fields))
+
+
+def _bad_header_line(header: RawHeader) -> bytes | None:
+    """The first line that `edit_header` would refuse without `bad-header accept`, if any."""
+    for field in header.fields:
+        bad = field.name is None and field.raw[:1] not in (b" ", b"\t")
+        if bad and not field.is_envelope_line:
+            return field.raw.split(b"\r\n", 1)[0]
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -465,31 +491,42 @@ def return_path(header: RawHeader) -> HeaderField | None:
     return None
 
 
-def envelope_sender(header: RawHeader, *, remote_user: str, server_name: str) -> str:
+def envelope_sender(
+    header: RawHeader, *, remote_user: str, server_name: str, rewrite: bool = False
+) -> str:
     """MAIL FROM as fetchmail computes it, without the angle brackets; "" is the null sender.
 
-    The first Return-Path; else the last Resent-Sender, Sender (either only if it holds @ or
-    !), Resent-From, From, Reply-To, Apparently-From, in that order. `<>` in Return-Path stays
-    the null sender; no address, an empty one or one starting with @ gives
-    `remote_user@server_name` (a dotted quad in brackets, the remote user alone if it has @ or
-    !); an address without @ or ! gets `@server_name`. An address with control characters
-    (folded across lines, or a CR that could end an SMTP command) is not used either.
+    As in fetchmail, `rewrite` (reply_hack) qualifies the header's addresses first, and the
+    sender is picked from what it made of them: the first Return-Path; else, of each in this
+    order, the last Resent-Sender, Sender (either only if it holds @ or !, so `Sender: carol`
+    counts once `rewrite` made it `carol@server`), Resent-From, From, Reply-To,
+    Apparently-From, the first that has an address. `<>` in Return-Path stays the null sender;
+    no address, an empty one or one starting with @ gives `remote_user@server_name` (a dotted
+    quad in brackets, the remote user alone if it has @ or !); an address without @ or ! gets
+    `@server_name`. An address with control characters (folded across lines, or a CR that
+    could end an SMTP command) is not used either.
     """
+    host = server_name.encode("utf-8", "replace")
+
+    def value(field: HeaderField) -> bytes:
+        if rewrite and field.name in REWRITTEN_FIELDS:
+            return rewrite_addresses(field.value, host)
+        return field.value
+
     address: bytes | None = None
     rp = return_path(header)
     if rp is not None:
-        address = first_address(rp.value)
+        address = first_address(value(rp))
         if address == b"":
             return ""
     else:
         for name in _SENDER_FALLBACKS:
-            candidates = header.all(name)
+            values = [value(field) for field in header.all(name)]
             if name in (b"sender", b"resent-sender"):
-                candidates = [f for f in candidates if _has_host_part(f.value)]
-            for field in reversed(candidates):
-                address = first_address(field.value)
-                if address is not None:
-                    break
+                values = [v for v in values if _has_host_part(v)]
+            # fetchmail keeps where the last one of each is; one without an address there
+            # passes to the next name, not to an earlier field of the same name
+            address = first_address(values[-1]) if values else None
             if address is not None:
                 break
     text = address.decode("utf-8", "replace") if address is not None else ""
@@ -548,42 +585,26 @@ class BodyType(enum.Enum):
     UNDECLARED = ""  # no BODY= at all, as fetchmail does for plain non-MIME mail
 
 
-_SEVEN_BIT_ENCODINGS = frozenset({b"7bit", b"quoted-printable", b"base64"})
-_EIGHT_BIT_ENCODINGS = frozenset({b"8bit", b"binary"})
-
-
-def body_type(header: RawHeader, *, pass8bits: bool = False, mimedecode: bool = False) -> BodyType:
-    """What to declare in BODY=, from the header alone (O(header), the body is not read).
-
-    Declaring 8BITMIME for 7-bit data is harmless, declaring 7BIT for 8-bit data is not, so
-    anything that suggests 8-bit content wins:
+def body_type(mime: MimeInfo, *, header: bytes = b"", pass8bits: bool = False) -> BodyType:
+    """What to declare in BODY=, as fetchmail does, from `mimedecode.analyse`'s reading of the
+    header handed on (the body is not read):
 
     - `pass8bits` → 8BITMIME;
-    - a Content-Transfer-Encoding of 8bit or binary → 8BITMIME;
-    - a multipart/* or message/* Content-Type → 8BITMIME (a part may be 8-bit; fetchmail
-      does the same for multipart/mixed and message/*);
-    - quoted-printable with `mimedecode` → 8BITMIME (decoding makes it 8-bit);
-    - 7bit, quoted-printable or base64 under `MIME-Version: 1.0` → 7BIT;
-    - otherwise 8-bit bytes in the header → 8BITMIME, else UNDECLARED.
+    - under `MIME-Version: 1.0`: a multipart/mixed (or message/*) with a boundary, or a
+      Content-Transfer-Encoding of quoted-printable or 8bit → 8BITMIME; 7bit → 7BIT;
+    - otherwise nothing.
+
+    Two cases go further than fetchmail, because declaring 7BIT (or nothing, which means the
+    same) for 8-bit data breaks RFC 6152 while declaring 8BITMIME for 7-bit data is harmless:
+    a `binary` encoding, and a `header` (the one handed on) that holds 8-bit bytes, raw or
+    decoded by `mimedecode`, are declared 8BITMIME.
     """
-    if pass8bits:
+    if pass8bits or mime.eight_bit:
         return BodyType.EIGHT_BIT
-    encodings = {
-        (first_address(f.value) or b"").lower() for f in header.all(b"content-transfer-encoding")
-    }
-    if encodings & _EIGHT_BIT_ENCODINGS:
+    if (mime.encoding or b"").lower() == b"binary" or not header.isascii():
         return BodyType.EIGHT_BIT
-    for field in header.all(b"content-type"):
-        media = field.value.strip(b" \t\r\n").lower()
-        if media.startswith(b"multipart/") or media.startswith(b"message/"):
-            return BodyType.EIGHT_BIT
-    if mimedecode and b"quoted-printable" in encodings:
-        return BodyType.EIGHT_BIT
-    mime = any(first_address(f.value) == b"1.0" for f in header.all(b"mime-version"))
-    if mime and encodings and encodings <= _SEVEN_BIT_ENCODINGS:
+    if mime.seven_bit:
         return BodyType.SEVEN_BIT
-    if not all(f.raw.isascii() for f in header.fields):  # a byte of 0x80 or more
-        return BodyType.EIGHT_BIT
     return BodyType.UNDECLARED
 
 
@@ -869,45 +890,55 @@ def convert_line_ends(
     return (chunk for chunk in chunks if chunk)
 
 
-def _stuff(chunk: bytes) -> bytes:
-    """Double every dot that follows a LF or a CR in `chunk`. A dot after a CR counts too: a
-    listener that takes a bare CR as a line end would otherwise see `<CR>.<CR><LF>` as the
-    end of the data (SMTP smuggling). Two replaces rather than a regular expression: a
-    hundred megabytes go through here, and a doubled dot never makes a new match."""
-    return chunk.replace(b"\n.", b"\n..").replace(b"\r.", b"\r..")
+# A line end in mail that may break RFC 5322: an LF, or a run of CRs with or without an LF after
+# it (a run of CRs before an LF counts once, as `read_header` counts it in the header).
+_ANY_LINE_END = re.compile(rb"\r+\n?|\n")
 
 
-def dot_stuff_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """SMTP DATA bytes (RFC 5321 4.5.2): a `.` that starts a line gets another `.`, the data
-    ends with CRLF; the caller sends the final `.` CRLF. Correct across chunk boundaries.
+def smtp_data_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """SMTP DATA bytes (RFC 5321 4.5.2) from a message's bytes: every line end made CRLF, a `.`
+    that starts a line doubled, and the data ended with CRLF; the caller sends the final
+    `.` CRLF. Feed it the header too, `smtp_data_chunks(chain([message.header], body))`: with
+    `bad-header accept` a header line may start with a dot. The same whatever the chunk
+    boundaries; nothing in, nothing out.
 
-    A line starts at the beginning of the data and after every LF or CR. Feed it the header
-    too, `dot_stuff_chunks(chain([message.header], body))`: with `bad-header accept` a header
-    line may start with a dot. A bare LF at the very end becomes CRLF, so that the terminator
-    is recognised; nothing in, nothing out.
+    A line end is an LF, or a run of CRs with or without an LF after it (see
+    `_ANY_LINE_END`). Servers that break the RFC send bare LFs, and the odd message has bare
+    CRs: every listener reads CRLF lines alike, whereas a bare LF or CR is a line end to some
+    and not to others. So, after this, the lines the listener sees are the lines the dots were
+    stuffed by: no line gains a dot, and no `.` after a bare CR or LF can end the data early
+    (SMTP smuggling). A message of bare-LF lines is so delivered in lines, rather than refused
+    as one line megabytes long.
+
+    Chunks that are CRLF lines already (all that a well-behaved server sends) are checked by
+    counting, not rewritten.
     """
+    swallow = False  # the last chunk ended in a CR: further CRs and one LF are its line end
     line_start = True
-    last = -1  # the last byte yielded
-    held = b""  # a final bare LF, kept back in case it is the end of the data
+    any_out = False
     for chunk in chunks:
+        if swallow and chunk:
+            rest = chunk.lstrip(b"\r")
+            if not rest:
+                continue  # still the same run of CRs
+            swallow = False
+            chunk = rest[1:] if rest[0] == LF else rest
         if not chunk:
             continue
-        out = _stuff(chunk)
-        if line_start and chunk[0] == 0x2E:
+        crlf = chunk.count(b"\r\n")
+        if chunk.count(b"\r") == crlf:
+            if chunk.count(b"\n") != crlf:  # bare LFs, and every CR is part of a CRLF
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        else:  # lone CRs, or runs of them: rare enough for a regular expression
+            swallow = chunk[-1] == CR
+            chunk = _ANY_LINE_END.sub(b"\r\n", chunk)
+        out = chunk.replace(b"\n.", b"\n..")
+        if line_start and out[0] == 0x2E:
             out = b"." + out
-        line_start = chunk[-1] in (CR, LF)
-        out = held + out
-        held = b""
-        if out[-1] == LF and not (out[-2:] == b"\r\n" or (len(out) == 1 and last == CR)):
-            held, out = b"\n", out[:-1]
-        if out:
-            last = out[-1]
-            yield out
-    if held:
-        yield b"\r\n"
-    elif last == CR:
-        yield b"\n"
-    elif last not in (-1, LF):
+        line_start = out[-1] == LF
+        any_out = True
+        yield out
+    if any_out and not line_start:
         yield b"\r\n"
 
 
@@ -1059,13 +1090,17 @@ def prepare(
     folder: str | None = None,
     local_host: str | None = None,
     now: datetime | None = None,
-    arriving: int | None = None,
+    size: int = 0,
     resolve: Resolve | None = None,
     note: Callable[[str], None] | None = None,
     refused: Sequence[str] = (),
 ) -> tuple[Envelope, Message] | Delivery:
     """Read the header from `spool` (positioned at the message start) and build what the sink
-    needs. The returned Message's body is `spool` itself, at the first body byte.
+    needs. The returned Message's body is `spool` itself, at the first body byte, with the
+    `mimedecode` decoder as its filter when there is something to decode.
+
+    `size` is the message's size as the server listed it, which fetchmail declares in SIZE=
+    (0: none is declared).
 
     A message refused for a bad header comes back as a PERMFAIL Delivery with fetchmail's
     wording, so the session handles it like any other refusal; so does a multidrop message
@@ -1081,18 +1116,17 @@ def prepare(
     for good: the postmaster gets it instead, `for <postmaster> (by default)`, with the refused
     addresses in an X-Fetchmail-Warning (fetchmail's open_smtp_sink()). The server's name is
     its `via` or poll name (fetchmail's DNS canonical name is not looked up); the local host
-    name is `socket.gethostname()` unless given. `arriving`: the size the server listed, for
-    a text still being written to `spool` (the sizes declared to the listener come from it,
-    and the header is all that is read).
+    name is `socket.gethostname()` unless given. Only the header is read from `spool`: the
+    text may still be arriving (streamed).
     """
     header = read_header(spool)
-    body_start = spool.tell()
-    if arriving is not None:  # still arriving (streamed): its end is not known yet
-        body_octets = max(0, arriving - body_start)
-    else:
-        spool.seek(0, 2)
-        body_octets = spool.tell() - body_start
-        spool.seek(body_start)
+    accept_bad_header = server.badheader
+    if user.mimedecode:
+        # fetchmail finds a bad header line as it reads it, before it decodes the header
+        bad = None if accept_bad_header else _bad_header_line(header)
+        if bad is not None:
+            return Delivery(Outcome.PERMFAIL, reply=str(BadHeaderError(bad)))
+        header, accept_bad_header = decode_header(header), True
 
     server_name = server.queryname
     host = local_host or socket.gethostname()
@@ -1104,10 +1138,12 @@ def prepare(
             rewrite=user.rewrite,
             dropstatus=user.dropstatus,
             dropdelivered=user.dropdelivered,
-            accept_bad_header=server.badheader,
+            accept_bad_header=accept_bad_header,
         )
     except BadHeaderError as err:
         return Delivery(Outcome.PERMFAIL, reply=str(err))
+    # what fetchmail's MimeBodyType() reads (and, with mimedecode, edits) is this header
+    mime, kept = analyse(kept, want_decode=user.mimedecode)
     unmatched: str | None = None
     smtpname = user.smtpname
     if refused:
@@ -1155,11 +1191,14 @@ def prepare(
     edited = _assembled(
         header, kept, first_received, received, headerless, unmatched=unmatched, refused=refused
     )
-    envelope = Envelope(
-        sender=envelope_sender(header, remote_user=user.remote, server_name=server_name),
-        recipients=names if for_mda else rcpt,
-        size=len(edited) + body_octets,
-        eight_bit=body_type(header, pass8bits=user.pass8bits, mimedecode=user.mimedecode)
-        is BodyType.EIGHT_BIT,
+    sender = envelope_sender(
+        header, remote_user=user.remote, server_name=server_name, rewrite=user.rewrite
     )
-    return envelope, Message(edited, spool)
+    body = body_type(mime, header=b"".join(kept), pass8bits=user.pass8bits)
+    envelope = Envelope(
+        sender=sender, recipients=names if for_mda else rcpt, size=max(size, 0), body=body.value
+    )
+    decoder = None
+    if user.mimedecode and mime.needs_decode:
+        decoder = functools.partial(decode_body, info=mime)
+    return envelope, Message(edited, spool, decoder)

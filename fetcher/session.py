@@ -692,7 +692,6 @@ class AccountPoll:
         need. `skip`: recipients that have it already (nobody left: it is delivered).
         `refused`: the recipients the listener refused for good; it goes to the postmaster."""
         protocol = mailbox.protocol
-        arriving = ahead.info.size if ahead.streamed is not None else None
         resolve = None
         if self.user.multidrop and self.server.dns and not refused:
             if self._resolver is None:
@@ -716,7 +715,7 @@ class AccountPoll:
                 protocol=protocol,
                 peer_address=mailbox.peer_address,
                 for_mda=self.user.mda is not None and self.user.bsmtp is None,
-                arriving=arriving,
+                size=ahead.info.size,  # as listed: fetchmail declares it in SIZE=
                 resolve=resolve,
                 note=_route_note,
                 refused=refused,

@@ -100,6 +100,6 @@ def build_size_warning(
         sender=f"{SENDER}@{sender_domain}",
         recipients=recipients,
         size=len(header) + len(body),
-        eight_bit=not text.isascii(),
+        body="" if text.isascii() else "8BITMIME",
     )
     return envelope, Message(header, io.BytesIO(body))

@@ -28,7 +28,6 @@ from fetcher.message import (
     body_type,
     check_mda_template,
     convert_line_ends,
-    dot_stuff_chunks,
     edit_header,
     envelope_sender,
     first_address,
@@ -41,7 +40,9 @@ from fetcher.message import (
     recipient_addresses,
     rewrite_addresses,
     rfc822_timestamp,
+    smtp_data_chunks,
 )
+from fetcher.mimedecode import analyse
 from fetcher.model import GlobalOptions, ServerOptions, UserOptions
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 
@@ -256,6 +257,8 @@ ISP = "mail.isp.net"
         (b"Apparently-From: a@x.org\r\n", "a@x.org"),
         (b"From: first@x.org\r\nFrom: last@x.org\r\n", "last@x.org"),  # as fetchmail
         (b"From: (no address)\r\nReply-To: r@x.org\r\n", "r@x.org"),
+        # only the last From counts: without an address there, Reply-To is next (fetchmail)
+        (b"From: f@x.org\r\nFrom: (none)\r\nReply-To: r@x.org\r\n", "r@x.org"),
         (b"From: <>\r\n", f"rb@{ISP}"),  # only Return-Path carries the null sender
         (b"From: Alice Smith <alice@example.org>\r\n", "alice@example.org"),
         (b"From: carol\r\n", f"carol@{ISP}"),
@@ -283,6 +286,28 @@ def test_envelope_sender(header: bytes, sender: str) -> None:
 def test_envelope_sender_fallback(header: bytes, remote: str, server: str, sender: str) -> None:
     raw = header_of(header + b"\r\n")
     assert envelope_sender(raw, remote_user=remote, server_name=server) == sender
+
+
+@pytest.mark.parametrize(
+    ("header", "server", "sender"),
+    [
+        # fetchmail qualifies the header's addresses first, so an unqualified Sender counts
+        (b"From: f@x.org\r\nSender: carol\r\n", ISP, f"carol@{ISP}"),
+        (b"From: f@x.org\r\nResent-Sender: erin\r\nSender: s@x.org\r\n", ISP, f"erin@{ISP}"),
+        (b"Sender: carol\r\nSender: dave@x.org\r\nFrom: f@x.org\r\n", ISP, "dave@x.org"),
+        (b"From: f@x.org\r\nSender: Carol Smith <carol>\r\n", ISP, f"carol@{ISP}"),
+        (b"From: f@x.org\r\nSender: <>\r\n", ISP, "f@x.org"),  # nothing to qualify
+        (b"From: carol\r\n", ISP, f"carol@{ISP}"),
+        (b"Return-Path: <>\r\nSender: carol\r\n", ISP, ""),
+        # qualified by the rewrite, not by the sink: as fetchmail, no brackets
+        (b"Return-Path: <carol>\r\n", "10.0.0.1", "carol@10.0.0.1"),
+        (b"Sender: carol\r\nFrom: f@x.org\r\n", "10.0.0.1", "carol@10.0.0.1"),
+        (b"Subject: none\r\n", "10.0.0.1", "rb@[10.0.0.1]"),
+    ],
+)
+def test_envelope_sender_after_rewrite(header: bytes, server: str, sender: str) -> None:
+    raw = header_of(header + b"\r\n")
+    assert envelope_sender(raw, remote_user="rb", server_name=server, rewrite=True) == sender
 
 
 # --- recipients ----------------------------------------------------------------------------
@@ -315,35 +340,53 @@ def test_recipient_addresses(
 # --- BODY= ---------------------------------------------------------------------------------
 
 MIME = b"MIME-Version: 1.0\r\n"
+CTE = b"Content-Transfer-Encoding: "
 E8, E7, NONE = BodyType.EIGHT_BIT, BodyType.SEVEN_BIT, BodyType.UNDECLARED
 
 
+def header_lines(header: bytes) -> list[bytes]:
+    """The fields of `header`, each with its CRLF, as the header handed on holds them."""
+    return [field.raw + b"\r\n" for field in header_of(header + b"\r\n").fields]
+
+
 @pytest.mark.parametrize(
-    ("header", "options", "expected"),
+    ("header", "pass8bits", "expected"),
     [
-        (b"Subject: plain\r\n", {}, NONE),
-        (b"Subject: plain\r\n", {"pass8bits": True}, E8),
-        (b"Subject: caf\xc3\xa9\r\n", {}, E8),  # raw 8-bit in the header
-        (MIME + b"Content-Transfer-Encoding: 8bit\r\n", {}, E8),
-        (MIME + b"Content-Transfer-Encoding: BINARY\r\n", {}, E8),
-        (b"Content-Transfer-Encoding: 8bit\r\n", {}, E8),  # even without MIME-Version
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: 7bit (comment)\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: quoted-printable\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: quoted-printable\r\n", {"mimedecode": True}, E8),
-        (MIME + b"Content-Transfer-Encoding:\r\n base64\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\n", {"pass8bits": True}, E8),
-        (b"Content-Transfer-Encoding: 7bit\r\n", {}, NONE),  # no MIME-Version: no promise
-        (MIME + b"Content-Transfer-Encoding: x-uuencode\r\n", {}, NONE),
-        (MIME + b"Content-Type: multipart/mixed; boundary=x\r\n", {}, E8),
-        (MIME + b"Content-Type: Message/RFC822\r\nContent-Transfer-Encoding: 7bit\r\n", {}, E8),
-        (MIME + b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n", {}, E7),
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: 8bit\r\n", {}, E8),
-        (MIME + b"Content-Transfer-Encoding: 7bit\r\nSubject: \xe9\r\n", {}, E7),  # RFC 2047 says
+        (b"Subject: plain\r\n", False, NONE),
+        (b"Subject: plain\r\n", True, E8),
+        (MIME + CTE + b"8bit\r\n", False, E8),
+        (MIME + CTE + b"7bit\r\n", False, E7),
+        (MIME + CTE + b"7BIT (comment)\r\n", False, E7),
+        (b"MIME-Version: 1.0 (made by hand)\r\n" + CTE + b"7bit\r\n", False, E7),
+        (MIME + CTE + b"7bit\r\n", True, E8),
+        (MIME + CTE + b"quoted-printable\r\n", False, E8),  # 8-bit once decoded, says fetchmail
+        (MIME + CTE + b"base64\r\n", False, NONE),
+        (MIME + b"Content-Transfer-Encoding:\r\n base64\r\n", False, NONE),
+        (MIME + CTE + b"x-uuencode\r\n", False, NONE),
+        (CTE + b"8bit\r\n", False, NONE),  # no MIME-Version: nothing is promised
+        (CTE + b"7bit\r\n", False, NONE),
+        (b"MIME-Version: 1.1\r\n" + CTE + b"7bit\r\n", False, NONE),
+        (MIME + b"Content-Transfer-Encoding : 7bit\r\n", False, NONE),  # not the field's name
+        (MIME + CTE + b"7bit\r\n" + CTE + b"8bit\r\n", False, E8),  # the last one counts
+        (MIME + b"Content-Type: multipart/mixed; boundary=x\r\n" + CTE + b"7bit\r\n", False, E8),
+        (MIME + b"Content-Type: Multipart/Mixed; boundary=\"x y\"\r\n", False, E8),
+        (MIME + b"Content-Type: multipart/mixed\r\n" + CTE + b"7bit\r\n", False, E7),
+        (MIME + b"Content-Type: multipart/alternative; boundary=x\r\n" + CTE + b"7bit\r\n",
+         False, E7),  # fetchmail knows multipart/mixed only
+        (MIME + b"Content-Type: message/rfc822\r\n" + CTE + b"7bit\r\n", False, E7),
+        # fetchmail stops looking once it has found three of the three names
+        (b"Content-Type: text/plain\r\nContent-Type: text/plain\r\n" + CTE + b"7bit\r\n"
+         + MIME, False, NONE),
+        # further than fetchmail: 8BITMIME for data it would call 7-bit, or say nothing about
+        (MIME + CTE + b"binary\r\n", False, E8),
+        (b"Subject: caf\xc3\xa9\r\n", False, E8),
+        (MIME + CTE + b"7bit\r\nSubject: \xe9\r\n", False, E8),
     ],
 )
-def test_body_type(header: bytes, options: dict[str, bool], expected: BodyType) -> None:
-    assert body_type(header_of(header + b"\r\n"), **options) is expected
+def test_body_type(header: bytes, pass8bits: bool, expected: BodyType) -> None:
+    lines = header_lines(header)
+    info, _ = analyse(lines, want_decode=False)
+    assert body_type(info, header=b"".join(lines), pass8bits=pass8bits) is expected
 
 
 # --- Received ------------------------------------------------------------------------------
@@ -592,13 +635,12 @@ def ref_line_ends(data: bytes, stripcr: bool, forcecr: bool) -> bytes:
     return data
 
 
-def ref_dot_stuff(data: bytes) -> bytes:
-    out = re.sub(rb"(?:^|(?<=[\r\n]))\.", b"..", data)
-    if not out or out.endswith(b"\r\n"):
-        return out
-    if out.endswith(b"\n"):
-        return out[:-1] + b"\r\n"
-    return out + (b"\n" if out.endswith(b"\r") else b"\r\n")
+def ref_smtp_data(data: bytes) -> bytes:
+    """CRLF for every line end (an LF, or CRs with or without an LF), dots doubled at line
+    starts, a final CRLF."""
+    out = re.sub(rb"\r+\n?|\n", b"\r\n", data)
+    out = re.sub(rb"(?:^|(?<=\n))\.", b"..", out)
+    return out + b"\r\n" if out and not out.endswith(b"\r\n") else out
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -637,22 +679,27 @@ def test_convert_line_ends(
         ([b"a\r\n", b".b\r\n"], b"a\r\n..b\r\n"),  # dot at the start of the next chunk
         ([b"a\r", b"\n", b".", b"\r\n"], b"a\r\n..\r\n"),
         ([b"a.b\r\n"], b"a.b\r\n"),  # only at line start
-        ([b"a\n.b\n"], b"a\n..b\r\n"),  # bare LF: still a line start; the end gets its CR
-        ([b"a\r.b\r\n"], b"a\r..b\r\n"),  # bare CR too (SMTP smuggling)
+        ([b"a\n.b\n"], b"a\r\n..b\r\n"),  # a bare LF is a line end, sent as CRLF
+        ([b"a\r.b\r\n"], b"a\r\n..b\r\n"),  # a bare CR too (SMTP smuggling)
+        ([b"a\r\r\nb\r\n"], b"a\r\nb\r\n"),  # CRs before an LF: one line end
+        ([b"a\r", b"\r", b"", b"\r\nb"], b"a\r\nb\r\n"),
+        ([b"a\r\rb"], b"a\r\nb\r\n"),
+        ([b"a\n\r\nb"], b"a\r\n\r\nb\r\n"),
         ([b"no newline"], b"no newline\r\n"),
         ([b"ends in CR\r"], b"ends in CR\r\n"),
         ([b"ends in LF\n"], b"ends in LF\r\n"),
         ([b"ends in LF", b"\n"], b"ends in LF\r\n"),
         ([b"ends in CR", b"\r", b"\n"], b"ends in CR\r\n"),
-        ([b"a\n", b"\n"], b"a\n\r\n"),
+        ([b"a\n", b"\n"], b"a\r\n\r\n"),
         ([b"."], b"..\r\n"),
         ([b"\n"], b"\r\n"),
+        ([b"\r"], b"\r\n"),
         ([b"", b""], b""),
         ([], b""),
     ],
 )
-def test_dot_stuff_chunks(chunks: list[bytes], expected: bytes) -> None:
-    assert b"".join(dot_stuff_chunks(chunks)) == expected
+def test_smtp_data_chunks(chunks: list[bytes], expected: bytes) -> None:
+    assert b"".join(smtp_data_chunks(chunks)) == expected
 
 
 PIECES = [b"\r", b"\n", b"\r\n", b".", b"..", b"a", b"\0", b"\xff"]
@@ -670,12 +717,13 @@ def test_line_ends_do_not_depend_on_chunking(
 
 
 @given(DATA, CUTS)
-def test_dot_stuffing_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
-    out = b"".join(dot_stuff_chunks(split(data, cuts)))
-    assert out == ref_dot_stuff(data)
-    # nothing before the caller's final ".\r\n" reads as an end of data, even to a listener
-    # that takes a lone CR or LF as a line end
-    assert re.search(rb"(?:^|[\r\n])\.[\r\n]", out) is None
+def test_smtp_data_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    out = b"".join(smtp_data_chunks(split(data, cuts)))
+    assert out == ref_smtp_data(data)
+    # every line end is CRLF, so every listener sees the same lines, and nothing before the
+    # caller's final ".\r\n" reads as an end of data
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", out) is None
+    assert re.search(rb"(?:^|\n)\.\r", out) is None
     assert not out or out.endswith(b"\r\n")
 
 
@@ -698,7 +746,7 @@ def test_header_and_body_stream_together() -> None:
     spool = io.BytesIO(b"Subject: x\n\n.line\nlast")
     header = edit_header(read_header(spool), received=None, for_mda=False, server_name="s")
     chunks = itertools.chain([header], read_chunks(spool, 2))
-    data = b"".join(dot_stuff_chunks(convert_line_ends(chunks, forcecr=True)))
+    data = b"".join(smtp_data_chunks(chunks))
     assert data == b"Subject: x\r\n\r\n..line\r\nlast\r\n"
 
 
@@ -890,12 +938,7 @@ def test_prepare_for_smtp() -> None:
         b"\r\n"
     )
     assert message.body.read() == b".line\r\nbye\r\n"  # the sink stuffs; the spool is not
-    assert envelope == Envelope(
-        sender="alice@example.org",
-        recipients=["bob@localhost"],
-        size=len(message.header) + len(b".line\r\nbye\r\n"),
-        eight_bit=False,
-    )
+    assert envelope == Envelope(sender="alice@example.org", recipients=["bob@localhost"], size=0)
 
 
 @pytest.mark.parametrize(
@@ -961,7 +1004,7 @@ def test_prepare_options() -> None:
         message.header
     )
     assert b"To: bob\r\n" in message.header
-    assert envelope.eight_bit
+    assert envelope.body == "8BITMIME"
 
 
 def test_prepare_invisible() -> None:
@@ -1013,3 +1056,80 @@ def test_prepare_headerless() -> None:
 def test_header_lines_keep_every_character_but_the_line_end() -> None:
     header = read_header(io.BytesIO(b"Subject: BOX\r\nX-Tag: XX\r\r\n\r\nbody"))
     assert [f.raw for f in header.fields] == [b"Subject: BOX", b"X-Tag: XX"]
+
+
+# --- prepare: mimedecode, the sender after rewrite, SIZE= ----------------------------------
+
+MIME_MAIL = (
+    b"From: =?utf-8?q?Andr=C3=A9?= <andre@example.org>\r\n"
+    b"Subject: =?utf-8?b?Y2Fmw6k=?=\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+    b"caf=C3=A9 =3D soft=\r\nbreak\r\n"
+)
+
+
+def test_prepare_with_mimedecode_decodes_header_and_body() -> None:
+    prepared = run_prepare(MIME_MAIL, *accounts(mimedecode=True))
+    assert not isinstance(prepared, Delivery)
+    envelope, message = prepared
+    assert message.header.endswith(
+        b"From: Andr\xc3\xa9 <andre@example.org>\r\n"
+        b"Subject: caf\xc3\xa9\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit            \r\n"
+        b"\r\n"
+    )
+    assert b"".join(message.body_chunks(4)) == b"caf\xc3\xa9 = softbreak\r\n"
+    assert envelope.body == "8BITMIME"
+
+
+def test_prepare_without_mimedecode_leaves_the_message_alone() -> None:
+    prepared = run_prepare(MIME_MAIL, *accounts())
+    assert not isinstance(prepared, Delivery)
+    envelope, message = prepared
+    assert message.header.endswith(MIME_MAIL.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
+    assert message.body_filter is None
+    assert b"".join(message.body_chunks()) == b"caf=C3=A9 =3D soft=\r\nbreak\r\n"
+    assert envelope.body == "8BITMIME"  # quoted-printable, as fetchmail declares it
+
+
+def test_prepare_with_mimedecode_checks_the_header_before_decoding_it() -> None:
+    """fetchmail finds a line without a colon as it reads it; decoding might make one."""
+    data = b"Subject: x\r\n=?us-ascii?q?a=3Ab?=\r\n\r\nbody\r\n"
+    assert run_prepare(data, *accounts(mimedecode=True)) == Delivery(
+        Outcome.PERMFAIL, reply="incorrect header line found - see manpage for bad-header option"
+    )
+    server, user, globals_ = accounts(mimedecode=True)
+    server.badheader = True
+    prepared = run_prepare(data, server, user, globals_)
+    assert not isinstance(prepared, Delivery)
+    assert b"\r\na:b\r\n\r\n" in prepared[1].header
+
+
+@pytest.mark.parametrize(
+    ("data", "rewrite", "sender"),
+    [
+        (b"Sender: carol\r\nFrom: alice@example.org\r\n\r\n", True, f"carol@{ISP}"),
+        (b"Sender: carol\r\nFrom: alice@example.org\r\n\r\n", False, "alice@example.org"),
+        (b"From: =?utf-8?q?x?= <alice>\r\n\r\n", True, f"alice@{ISP}"),
+    ],
+)
+def test_prepare_picks_the_sender_after_rewrite(data: bytes, rewrite: bool, sender: str) -> None:
+    for mda in (False, True):  # the same for MAIL FROM and for %F
+        prepared = run_prepare(data, *accounts(rewrite=rewrite), for_mda=mda)
+        assert not isinstance(prepared, Delivery)
+        assert prepared[0].sender == sender
+
+
+def test_prepare_declares_the_size_the_server_listed() -> None:
+    server, user, globals_ = accounts()
+    prepared = prepare(
+        io.BytesIO(MAIL), server=server, user=user, globals_=globals_, protocol="POP3",
+        peer_address=None, for_mda=False, local_host="vm", now=NOW, size=4242,
+    )
+    assert not isinstance(prepared, Delivery)
+    assert prepared[0].size == 4242  # not the size with our Received line

@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,11 @@ def message(header: bytes = HEADER, body: bytes = BODY) -> Message:
 
 
 def envelope(
-    *recipients: str, sender: str = "alice@example.org", eight_bit: bool = False, size: int = 0
+    *recipients: str, sender: str = "alice@example.org", body: str = "", size: int = 0
 ) -> Envelope:
     rcpts = list(recipients) or ["bob@localhost"]
     return Envelope(
-        sender=sender,
-        recipients=rcpts,
-        size=size or len(HEADER) + len(BODY),
-        eight_bit=eight_bit,
+        sender=sender, recipients=rcpts, size=size or len(HEADER) + len(BODY), body=body
     )
 
 
@@ -125,7 +122,7 @@ def steps(server: SMTPServer) -> list[str]:
 
 
 def test_message_arrives_byte_for_byte(smtpd: SMTPServer) -> None:
-    [result] = deliver_all(sink_for(entry(smtpd)), (envelope(eight_bit=True), message()))
+    [result] = deliver_all(sink_for(entry(smtpd)), (envelope(body="8BITMIME"), message()))
     assert result.outcome is Outcome.ACCEPTED
     assert result.reply.startswith("250")
     assert result.refused == {}
@@ -146,12 +143,16 @@ def test_size_and_body_parameters_when_offered(smtpd: SMTPServer) -> None:
     size = len(HEADER) + len(BODY)
     deliver_all(
         sink_for(entry(smtpd)),
-        (envelope(eight_bit=True), message()),
-        (envelope(eight_bit=False), message()),
+        (envelope(body="8BITMIME"), message()),
+        (envelope(body="7BIT"), message()),
+        (envelope(), message()),
+        (envelope(size=-1), message()),
     )
-    first, second = smtpd.transactions
+    first, second, third, fourth = smtpd.transactions
     assert first.mail_options == ["BODY=8BITMIME", f"SIZE={size}"]
-    assert second.mail_options == [f"SIZE={size}"]
+    assert second.mail_options == ["BODY=7BIT", f"SIZE={size}"]
+    assert third.mail_options == [f"SIZE={size}"]
+    assert fourth.mail_options == []  # no size known: none declared, as fetchmail
 
 
 def test_no_parameters_when_not_offered() -> None:
@@ -159,7 +160,7 @@ def test_no_parameters_when_not_offered() -> None:
     ascii_body = b"plain 7-bit text\r\n.\r\n"
     with SMTPServer(data_size_limit=None, decode_data=True) as server:
         [result] = deliver_all(
-            sink_for(entry(server)), (envelope(eight_bit=True), message(body=ascii_body))
+            sink_for(entry(server)), (envelope(body="8BITMIME"), message(body=ascii_body))
         )
         assert result.outcome is Outcome.ACCEPTED
         [txn] = server.transactions
@@ -199,9 +200,14 @@ def test_nothing_is_opened_without_a_message(smtpd: SMTPServer) -> None:
     assert smtpd.events == []
 
 
-def test_forcecr_turns_bare_lf_into_crlf(smtpd: SMTPServer) -> None:
-    deliver_all(sink_for(entry(smtpd), forcecr=True), (envelope(), message(body=b"one\ntwo\n.\n")))
-    assert smtpd.messages == [HEADER + b"one\r\ntwo\r\n.\r\n"]
+def test_bare_line_ends_go_out_as_crlf_lines(smtpd: SMTPServer) -> None:
+    """A server that breaks the RFC sends bare LFs; a listener reads CRLF lines. The dots are
+    stuffed by those lines: none is added to, or taken from, what is delivered."""
+    body = b"one\ntwo\n.\n..two dots\n.one dot\rmac\rend"
+    deliver_all(sink_for(entry(smtpd)), (envelope(), message(body=body)))
+    assert smtpd.messages == [
+        HEADER + b"one\r\ntwo\r\n.\r\n..two dots\r\n.one dot\r\nmac\r\nend\r\n"
+    ]
 
 
 # -- SMTP: the trace ------------------------------------------------------------------------------
@@ -297,7 +303,7 @@ def test_a_refused_greeting_moves_on_to_the_next_host(smtpd: SMTPServer) -> None
 
 def test_refused_ehlo_falls_back_to_helo_on_a_fresh_connection() -> None:
     with SMTPServer([Fault("ehlo", 502, "no ESMTP here", times=1)]) as server:
-        [result] = deliver_all(sink_for(entry(server)), (envelope(eight_bit=True), message()))
+        [result] = deliver_all(sink_for(entry(server)), (envelope(body="8BITMIME"), message()))
         assert result.outcome is Outcome.ACCEPTED
         assert steps(server)[:4] == ["connect", "ehlo", "connect", "helo"]
         [txn] = server.transactions
@@ -729,6 +735,14 @@ def test_mda_without_stripcr_keeps_crlf(tmp_path: Path) -> None:
     assert out.read_bytes() == HEADER + BODY
 
 
+def test_mda_with_forcecr_gets_crlf_for_every_bare_lf(tmp_path: Path) -> None:
+    out = tmp_path / "delivered"
+    bare = Message(b"Subject: bare\n\n", io.BytesIO(b"one\ntwo\r\nthree\n"))
+    [result] = deliver_all(MdaSink(f"cat > {out}", stripcr=False, forcecr=True), (envelope(), bare))
+    assert result.outcome is Outcome.ACCEPTED
+    assert out.read_bytes() == b"Subject: bare\r\n\r\none\r\ntwo\r\nthree\r\n"
+
+
 def test_mda_gets_sender_and_recipients(tmp_path: Path) -> None:
     out = tmp_path / "args"
     sink = MdaSink(f'cat > /dev/null; for word in %F %T; do echo "[$word]"; done > {out}')
@@ -880,7 +894,7 @@ def test_bsmtp_file_content_is_exact(tmp_path: Path) -> None:
     path = tmp_path / "batch"
     results = deliver_all(
         BsmtpSink(str(path)),
-        (envelope("bob@localhost", "carol@localhost", eight_bit=True), message()),
+        (envelope("bob@localhost", "carol@localhost", body="8BITMIME"), message()),
         (envelope(sender=""), message(body=b"short\r\n")),
     )
     assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 2
@@ -945,3 +959,28 @@ def test_close_is_safe_to_repeat(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_bsmtp_declares_7bit_as_fetchmail_does(tmp_path: Path) -> None:
+    path = tmp_path / "batch"
+    deliver_all(BsmtpSink(str(path)), (envelope(body="7BIT", size=99), message(body=b"x\r\n")))
+    assert path.read_bytes().startswith(b"MAIL FROM:<alice@example.org> BODY=7BIT\r\n")
+
+
+def test_the_body_filter_applies_to_every_sink(smtpd: SMTPServer, tmp_path: Path) -> None:
+    """What `mimedecode` hands on is what each sink delivers, line ends and dots included."""
+
+    def decoded(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        return (chunk.replace(b"=2E", b".") for chunk in chunks)
+
+    def filtered() -> Message:
+        return Message(HEADER, io.BytesIO(b"=2E\r\n=2Edot\r\n"), decoded)
+
+    deliver_all(sink_for(entry(smtpd)), (envelope(), filtered()))
+    assert smtpd.messages == [HEADER + b".\r\n.dot\r\n"]  # stuffed on the wire, and undone
+    out = tmp_path / "mda"
+    deliver_all(MdaSink(f"cat > {out}", stripcr=False), (envelope(), filtered()))
+    assert out.read_bytes() == HEADER + b".\r\n.dot\r\n"
+    batch = tmp_path / "batch"
+    deliver_all(BsmtpSink(str(batch)), (envelope(), filtered()))
+    assert batch.read_bytes().endswith(b"\r\n\r\n..\r\n..dot\r\n.\r\n")

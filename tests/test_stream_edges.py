@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from fetcher.message import convert_line_ends, dot_stuff_chunks
+from fetcher.message import convert_line_ends, smtp_data_chunks
 
 SAMPLES = [
     b"one\r\ntwo\r\n",
@@ -20,6 +20,7 @@ SAMPLES = [
     b"\r\n\r\n\n\r",
     b".dot\r\n..two\r\n.\r\nend.\r\n",
     b"\r.\r\n\n.x\n",
+    b"a\r\r\n.b\r\r\rc\r",
 ]
 
 
@@ -56,28 +57,38 @@ def test_unconverted_bytes_pass_unchanged(data: bytes) -> None:
         assert whole(pieces) == data
 
 
-def stuffed(data: bytes) -> bytes:
-    """What dot-stuffing must give: a dot at a line start (after LF or CR, or at the very
-    start) doubled, and the data ended with CRLF (a last bare LF or lone CR completed into
-    one, anything else followed by one)."""
+def smtp_data(data: bytes) -> bytes:
+    """What SMTP data must be, worked out byte by byte: every line end (an LF, or a run of
+    CRs with or without an LF after it) one CRLF, a dot that starts a line doubled, and the
+    data ended with CRLF."""
     out = bytearray()
     line_start = True
-    for byte in data:
+    i = 0
+    while i < len(data):
+        byte = data[i]
+        if byte == ord("\r") or byte == ord("\n"):
+            if byte == ord("\r"):
+                while i < len(data) and data[i] == ord("\r"):
+                    i += 1
+                if i < len(data) and data[i] == ord("\n"):
+                    i += 1
+            else:
+                i += 1
+            out += b"\r\n"
+            line_start = True
+            continue
         if line_start and byte == ord("."):
             out += b"."
         out.append(byte)
-        line_start = byte in (ord("\n"), ord("\r"))
-    if not out:
-        return b""
-    if out.endswith(b"\r\n"):
-        return bytes(out)
-    if out.endswith(b"\r"):  # a last lone CR is completed into the final CRLF
-        return bytes(out) + b"\n"
-    return bytes(out[:-1] + b"\r\n") if out.endswith(b"\n") else bytes(out) + b"\r\n"
+        line_start = False
+        i += 1
+    if out and not out.endswith(b"\r\n"):
+        out += b"\r\n"
+    return bytes(out)
 
 
 @pytest.mark.parametrize("data", SAMPLES)
-def test_dot_stuffing_whatever_the_cut(data: bytes) -> None:
-    expected = stuffed(data)
+def test_smtp_data_whatever_the_cut(data: bytes) -> None:
+    expected = smtp_data(data)
     for pieces in cuts(data):
-        assert b"".join(dot_stuff_chunks(pieces)) == expected, pieces
+        assert b"".join(smtp_data_chunks(pieces)) == expected, pieces

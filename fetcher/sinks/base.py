@@ -7,8 +7,12 @@ know about servers or UIDs.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
+
+# What a message's body goes through on its way out (`mimedecode`): chunks in, chunks out.
+BodyFilter = Callable[[Iterable[bytes]], Iterator[bytes]]
 
 
 class Outcome(enum.Enum):
@@ -21,8 +25,8 @@ class Outcome(enum.Enum):
 class Envelope:
     sender: str  # the MAIL FROM address without <>; "" for the null sender
     recipients: list[str]  # RCPT TO addresses without <>
-    size: int  # octets, for SIZE=
-    eight_bit: bool = False  # the message needs BODY=8BITMIME
+    size: int  # octets, for SIZE= (fetchmail's: the size the server gave; 0 sends none)
+    body: str = ""  # BODY=: "8BITMIME", "7BIT", or "" for none
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,19 @@ class Message:
     """A message ready to hand over: the edited header block, and the body as a file.
 
     `header` holds the header lines with CRLF line ends and the blank line that ends them;
-    `body` is positioned at the first body byte and holds CRLF lines, not dot-stuffed.
+    `body` is positioned at the first body byte, as the server sent it (normally CRLF lines,
+    not dot-stuffed). `body_filter`, if any, is applied to the body as it streams out.
     """
 
     header: bytes
     body: BinaryIO
+    body_filter: BodyFilter | None = None
+
+    def body_chunks(self, chunk_size: int = 65536) -> Iterator[bytes]:
+        """The body from where it stands, in pieces of about `chunk_size`, filtered."""
+        read = self.body.read
+        chunks = iter(lambda: read(chunk_size), b"")
+        return self.body_filter(chunks) if self.body_filter is not None else chunks
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Append messages to a batch-SMTP file (`bsmtp FILE`), for a later `exim -bS` or the like.
 
 The records are fetchmail's (sink.c, open_bsmtp_sink): `MAIL FROM:<sender>` (with
-` BODY=8BITMIME` for 8-bit mail; never SIZE, which exim's BSMTP reader rejects), one
-`RCPT TO:<addr>` per recipient, `DATA`, the dot-stuffed message and `.`, all with CRLF. `-`
+` BODY=8BITMIME` or ` BODY=7BIT` as for SMTP; never SIZE, which exim's BSMTP reader rejects),
+one `RCPT TO:<addr>` per recipient, `DATA`, the dot-stuffed message and `.`, all with CRLF
+(every line end of the message too, as for SMTP). `-`
 means standard output. Resolving a relative path against the rcfile's directory is the caller's
 job.
 
@@ -26,7 +27,7 @@ from typing import BinaryIO
 
 from fetcher import trace
 from fetcher.errors import BsmtpError
-from fetcher.message import dot_stuff_chunks, read_chunks
+from fetcher.message import smtp_data_chunks
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 
 CHUNK_SIZE = 65536
@@ -57,12 +58,12 @@ class BsmtpSink:
     def records(self, envelope: Envelope, message: Message) -> Iterator[bytes]:
         """The bytes one message adds to the file, in bounded pieces."""
         mail = f"MAIL FROM:<{envelope.sender}>"
-        if envelope.eight_bit:
-            mail += " BODY=8BITMIME"
+        if envelope.body:
+            mail += f" BODY={envelope.body}"  # fetchmail: 8BITMIME or 7BIT, as for SMTP
         lines = [mail] + [f"RCPT TO:<{rcpt}>" for rcpt in envelope.recipients] + ["DATA"]
         yield "".join(line + "\r\n" for line in lines).encode("utf-8")
-        chunks = itertools.chain([message.header], read_chunks(message.body, self._chunk_size))
-        yield from dot_stuff_chunks(chunks)
+        chunks = itertools.chain([message.header], message.body_chunks(self._chunk_size))
+        yield from smtp_data_chunks(chunks)
         yield b".\r\n"
 
     def _write_message(self, envelope: Envelope, message: Message) -> None:

@@ -26,7 +26,5 @@ def sink_for(server: ServerOptions, user: UserOptions, globals_: GlobalOptions) 
         esmtp_name=server.esmtpname if authenticate else None,
         esmtp_password=server.esmtppassword,
         antispam=user.antispam,
-        stripcr=user.stripcr,
-        forcecr=user.forcecr,
         plugout=server.plugout,
     )

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from fetcher import trace
 from fetcher.errors import LocalError
 from fetcher.exitcodes import ExitCode
-from fetcher.message import check_mda_template, convert_line_ends, mda_command, read_chunks
+from fetcher.message import check_mda_template, convert_line_ends, mda_command
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 
 CHUNK_SIZE = 65536
@@ -109,5 +109,5 @@ class MdaSink:
 
     def _chunks(self, message: Message) -> Iterator[bytes]:
         # One conversion over header and body, so that stripcr sees a single stream.
-        chunks = itertools.chain([message.header], read_chunks(message.body, self._chunk_size))
+        chunks = itertools.chain([message.header], message.body_chunks(self._chunk_size))
         return convert_line_ends(chunks, stripcr=self._stripcr, forcecr=self._forcecr)

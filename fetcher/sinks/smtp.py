@@ -33,7 +33,7 @@ from aiosmtplib.esmtp import parse_esmtp_extensions
 
 from fetcher import plugin, trace
 from fetcher.errors import ConfigError, ListenerUnavailableError
-from fetcher.message import convert_line_ends, dot_stuff_chunks, read_chunks
+from fetcher.message import smtp_data_chunks
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 from fetcher.spool import still_growing
 
@@ -362,8 +362,6 @@ class SmtpSink:
         esmtp_password: str | None = None,
         antispam: Iterable[int] = (),
         timeouts: SmtpTimeouts | None = None,
-        stripcr: bool = False,
-        forcecr: bool = False,
         chunk_size: int = CHUNK_SIZE,
         plugout: str | None = None,
     ) -> None:
@@ -376,8 +374,6 @@ class SmtpSink:
         self._esmtp_password = esmtp_password
         self._antispam = frozenset(antispam)
         self._timeouts = timeouts or SmtpTimeouts()
-        self._stripcr = stripcr
-        self._forcecr = forcecr
         self._chunk_size = chunk_size
         self._plugout = plugout  # a command to reach each host/port listener through
         self._wire: _Wire | None = None
@@ -544,8 +540,10 @@ class SmtpSink:
     async def _dialogue(self, wire: _Wire, envelope: Envelope, message: Message) -> Delivery:
         t = self._timeouts
         params = ""
-        if envelope.eight_bit and "8bitmime" in wire.extensions:
-            params += " BODY=8BITMIME"
+        # fetchmail's parameters: BODY= (8BITMIME or 7BIT) only to a listener that offers
+        # 8BITMIME, SIZE= the size the server listed, when there is one
+        if envelope.body and "8bitmime" in wire.extensions:
+            params += f" BODY={envelope.body}"
         if "size" in wire.extensions and envelope.size > 0:
             params += f" SIZE={envelope.size}"
         mail = f"MAIL FROM:<{envelope.sender}>{params}"
@@ -731,10 +729,10 @@ class SmtpSink:
 
     def _stuffed(self, message: Message) -> Iterator[bytes]:
         # The header goes through the same line-end handling and stuffing as the body: with
-        # `bad-header accept` a header line could start with a dot too.
-        chunks = itertools.chain([message.header], read_chunks(message.body, self._chunk_size))
-        converted = convert_line_ends(chunks, stripcr=self._stripcr, forcecr=self._forcecr)
-        return dot_stuff_chunks(converted)
+        # `bad-header accept` a header line could start with a dot too. Every line end becomes
+        # CRLF whatever stripcr or forcecr say: they are for MDAs; SMTP and LMTP take CRLF.
+        chunks = itertools.chain([message.header], message.body_chunks(self._chunk_size))
+        return smtp_data_chunks(chunks)
 
     async def _lmtp_replies(
         self, wire: _Wire, accepted: list[str], refused: dict[str, str]
