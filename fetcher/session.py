@@ -388,7 +388,7 @@ class AccountPoll:
         on the server."""
         identity = await ahead.off_loop(Identity.of, info.size, ahead.body)
         if expect is not None:
-            await self._complete(ahead, info, total)
+            await ahead.task  # all of it: the progress shows from _fetch
             plan.verified(identity == expect)
             if identity == expect:
                 return _Done(info, OnServer.DELETE, None, "delivered before")
@@ -404,7 +404,7 @@ class AccountPoll:
                 await ahead.task  # the server's error, which broke the text off
                 raise
             # only a text that has all arrived is recorded or deleted
-            await self._complete(ahead, info, total)
+            await ahead.task
             self._say_refusal(got)
             step = self._step(got, info)
             refusals = got  # the delivery whose refused recipients `notify` names
@@ -477,7 +477,8 @@ class AccountPoll:
                     await ahead.task  # the server's own error
                     raise
             else:
-                await self._complete(ahead, info, total)
+                async with self._reading_shown(ahead, info, total):
+                    await ahead.task
         except BaseException:
             ahead.drop()
             raise
@@ -490,19 +491,12 @@ class AccountPoll:
             info.size >= STREAM_OCTETS and self.user.mda is None and self.user.bsmtp is None
         )
 
-    async def _complete(self, ahead: _Ahead, info: MessageInfo, total: int) -> None:
-        """Wait until the message has all arrived, showing its progress on a terminal."""
-        if ahead.task.done():
-            ahead.task.result()
-            return
-        async with self._reading_shown(ahead, info, total):
-            await ahead.task
-
     def _reading_shown(
         self, ahead: _Ahead, info: MessageInfo, total: int
     ) -> contextlib.AbstractAsyncContextManager[None]:
         """How far the message has come, on a terminal, while the block runs (nothing once it
-        has all arrived)."""
+        has all arrived). One display a message: a streamed one's spans its delivery
+        (`_fetch`), the others' the wait for their text (`_retrieved`)."""
         if ahead.task.done():
             return contextlib.nullcontext()
         user, server = self.user, self.server

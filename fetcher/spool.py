@@ -21,6 +21,7 @@ from typing import BinaryIO, cast
 # The writer makes its data visible in steps of this much (one flush each): small enough to
 # keep the listener busy, large enough that flushes and wake-ups cost nothing.
 PUBLISH_OCTETS = 256 << 10
+_EVERYTHING = 1 << 62  # more octets than any message has: wait for the writer to be done
 
 
 class SpoolBroken(OSError):
@@ -106,10 +107,6 @@ class GrowingSpool:
         with self._cond:
             return self._done and self._error is None
 
-    def available(self) -> int:
-        with self._cond:
-            return self._published
-
     def wait_for(self, octets: int) -> int:
         """Block until `octets` have arrived or the writer is done; how many there are. Raises
         SpoolBroken if the writer failed before that many arrived."""
@@ -144,7 +141,7 @@ class _Reader:
     def read(self, size: int = -1) -> bytes:
         spool = self.spool
         if size is None or size < 0:
-            end = spool.wait_for(1 << 62)  # everything: until the writer is done
+            end = spool.wait_for(_EVERYTHING)  # everything: until the writer is done
             size = end - self._pos
         else:
             end = spool.wait_for(self._pos + size)
@@ -170,7 +167,7 @@ class _Reader:
         elif whence == os.SEEK_CUR:
             self._pos += offset
         else:  # the end is known only once everything has arrived
-            self._pos = self.spool.wait_for(1 << 62) + offset
+            self._pos = self.spool.wait_for(_EVERYTHING) + offset
         return self._pos
 
     def close(self) -> None:
