@@ -17,11 +17,10 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
 import pytest
-from fakes.listener import EHLO_LINES, Conn, ScriptedListener
+from fakes.listener import EHLO_LINES, Conn, ScriptedListener, ServedConnections
 from servers import HOST
 from servers.postfix import Postfix, strip_added_headers
 from servers.smtp import Fault, SMTPServer
@@ -78,7 +77,7 @@ def dialogue(lines: list[str], protocol: str = "SMTP") -> list[str]:
 # -- a relay in front of a real listener ----------------------------------------------------------
 
 
-class Relay:
+class Relay(ServedConnections):
     """A TCP relay to a listener on 127.0.0.1: passes bytes both ways, records each read of what
     the client sent (per connection), and hides PIPELINING from the EHLO reply if asked to."""
 
@@ -86,9 +85,8 @@ class Relay:
         self.target = port
         self.hide_pipelining = hide_pipelining
         self.port = 0
+        super().__init__()
         self.reads: list[list[bytes]] = []
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def entry(self) -> str:
@@ -103,25 +101,8 @@ class Relay:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._server.wait_closed()
-
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        task = self._track()
         reads: list[bytes] = []
         self.reads.append(reads)
         server_r, server_w = await asyncio.open_connection(HOST, self.target)

@@ -87,16 +87,45 @@ class Conn:
                 pass
 
 
-class ScriptedListener:
+class ServedConnections:
+    """An asyncio server whose connection tasks all end when it does (`async with`)."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _track(self) -> asyncio.Task[None]:
+        """The running connection task, to be cancelled when the server ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        return task
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.wait_closed()
+
+
+class ScriptedListener(ServedConnections):
     def __init__(self, *scripts: Script, host: str = "127.0.0.1", path: str | None = None):
+        super().__init__()
         self.scripts = list(scripts)
         self.host = host
         self.path = path
         self.port = 0
         self.connections: list[Conn] = []
         self.errors: list[BaseException] = []
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def entry(self) -> str:
@@ -114,25 +143,8 @@ class ScriptedListener:
             self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._server.wait_closed()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        task = self._track()
         conn = Conn(reader, writer)
         index = len(self.connections)
         self.connections.append(conn)
