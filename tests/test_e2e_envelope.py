@@ -13,19 +13,16 @@ SMTP server, and a scripted IMAP server sends bare-LF messages through to a real
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from fakes.imap import FakeImapServer
-from reference import private_pidfile_args
 from servers.certs import TestCA
 from servers.dovecot import Dovecot
 from servers.postfix import Postfix, strip_added_headers
 from servers.smtp import SMTPServer, Transaction
+from test_mimedecode import deliveries, run
 
 SENDERS = [
     b"Sender: carol\r\nFrom: alice@example.org\r\nSubject: unqualified Sender\r\n\r\nx\r\n",
@@ -87,33 +84,7 @@ def dovecot_entry(
     )
 
 
-def run(program: str, home: Path) -> subprocess.CompletedProcess[str]:
-    """fetchmail or pyfetch on home/.fetchmailrc, each with a private lock."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-           "FETCHMAILHOME": str(home), "LC_ALL": "C", "PYTHONPATH": str(ROOT)}
-    rc = str(home / ".fetchmailrc")
-    if program == "fetchmail":
-        argv = ["fetchmail", "-f", rc, *private_pidfile_args(home / "fetchmail-run")]
-    else:
-        argv = [sys.executable, "-m", "fetcher", "-f", rc, "--pidfile", str(home / "pf.pid")]
-    return subprocess.run(argv, env=env, cwd=home, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, errors="replace", timeout=120,
-                          check=False)
-
-
-def fetched_by(
-    program: str, messages: list[bytes], home: Path, dovecot: Dovecot, smtpd: SMTPServer
-) -> list[Transaction]:
-    dovecot.reset("bob")
-    dovecot.seed("bob", messages)
-    before = len(smtpd.transactions)
-    result = run(program, home)
-    assert result.returncode == 0, f"{program}: {result.stdout}{result.stderr}"
-    assert dovecot.messages("bob") == []
-    return smtpd.transactions[before:]
-
-
-def envelopes(transactions: list[Transaction]) -> list[tuple[str, list[str]]]:
+def envelopes(transactions: Iterable[Transaction]) -> list[tuple[str, list[str]]]:
     return [(t.mail_from, t.mail_options) for t in transactions]
 
 
@@ -127,8 +98,8 @@ def test_mail_from_and_its_parameters_are_fetchmails(
     """MAIL FROM, BODY= and SIZE=, word for word, message by message."""
     write_rcfile(home, dovecot_entry(dovecot, test_ca, smtpd, protocol, options))
     messages = SENDERS + BODIES
-    theirs = envelopes(fetched_by("fetchmail", messages, home, dovecot, smtpd))
-    ours = envelopes(fetched_by("pyfetch", messages, home, dovecot, smtpd))
+    theirs = envelopes(deliveries("fetchmail", messages, home, dovecot, smtpd))
+    ours = envelopes(deliveries("pyfetch", messages, home, dovecot, smtpd))
     assert ours == theirs
     assert len(ours) == len(messages)
 
@@ -139,7 +110,7 @@ def test_what_fetchmail_says_is_what_we_expect(
 ) -> None:
     """The comparison above, spelt out for a few cases, so that what it holds is plain."""
     write_rcfile(home, dovecot_entry(dovecot, test_ca, smtpd, "pop3"))
-    got = envelopes(fetched_by("pyfetch", [SENDERS[0], SENDERS[6], *BODIES[:4]], home,
+    got = envelopes(deliveries("pyfetch", [SENDERS[0], SENDERS[6], *BODIES[:4]], home,
                                dovecot, smtpd))
     assert got == [
         ("carol@127.0.0.1", [f"SIZE={len(SENDERS[0])}"]),  # Sender, once qualified, wins
