@@ -46,6 +46,7 @@ __all__ = [
     "MAX_HEADER_OCTETS",
     "BadHeaderError",
     "BodyType",
+    "DataStuffer",
     "HeaderField",
     "RawHeader",
     "TracePoll",
@@ -913,33 +914,66 @@ def smtp_data_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     Chunks that are CRLF lines already (all that a well-behaved server sends) are checked by
     counting, not rewritten.
     """
-    swallow = False  # the last chunk ended in a CR: further CRs and one LF are its line end
-    line_start = True
-    any_out = False
+    stuffer = DataStuffer()
     for chunk in chunks:
-        if swallow and chunk:
+        out = stuffer.feed(chunk)
+        if out:
+            yield out
+    tail = stuffer.end()
+    if tail:
+        yield tail
+
+
+class DataStuffer:
+    """`smtp_data_chunks` a chunk at a time, for a sink that also has chunks known to be SMTP
+    DATA as they stand (`pass_plain`): a large message's text, as the POP3 driver marked it
+    in its spool (fetcher/spool.py), goes out without being searched a second time."""
+
+    def __init__(self) -> None:
+        self._swallow = False  # the last chunk ended in a CR: further CRs and one LF are its end
+        self._line_start = True
+        self._any_out = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The chunk as DATA octets (b"" when all of it belongs to the last line end)."""
+        if self._swallow and chunk:
             rest = chunk.lstrip(b"\r")
             if not rest:
-                continue  # still the same run of CRs
-            swallow = False
+                return b""  # still the same run of CRs
+            self._swallow = False
             chunk = rest[1:] if rest[0] == LF else rest
         if not chunk:
-            continue
+            return b""
         crlf = chunk.count(b"\r\n")
         if chunk.count(b"\r") == crlf:
             if chunk.count(b"\n") != crlf:  # bare LFs, and every CR is part of a CRLF
                 chunk = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         else:  # lone CRs, or runs of them: rare enough for a regular expression
-            swallow = chunk[-1] == CR
+            self._swallow = chunk[-1] == CR
             chunk = _ANY_LINE_END.sub(b"\r\n", chunk)
         out = chunk.replace(b"\n.", b"\n..")
-        if line_start and out[0] == 0x2E:
+        if self._line_start and out[0] == 0x2E:
             out = b"." + out
-        line_start = out[-1] == LF
-        any_out = True
-        yield out
-    if any_out and not line_start:
-        yield b"\r\n"
+        self._line_start = out[-1] == LF
+        self._any_out = True
+        return out
+
+    def pass_plain(self, chunk: bytes) -> bytes:
+        """A chunk that is DATA already: whole CRLF lines (it ends with an LF), no other CR or
+        LF, no line starting with a dot. It goes out as it is, unless what came before leaves
+        it short of that (then it is fed like any other: the caller's word is not trusted
+        where it would matter)."""
+        if self._swallow or not self._line_start or not chunk.endswith(b"\n") or (
+            chunk[0] == 0x2E
+        ):
+            return self.feed(chunk)
+        self._any_out = True
+        return chunk
+
+    def end(self) -> bytes:
+        """What the data needs before the caller's final `.` CRLF: a CRLF if the last line
+        has none."""
+        return b"\r\n" if self._any_out and not self._line_start else b""
 
 
 # ------------------------------------------------------------------------------------------

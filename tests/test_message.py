@@ -23,6 +23,7 @@ from fetcher import __version__
 from fetcher.errors import ConfigError
 from fetcher.message import (
     BodyType,
+    DataStuffer,
     RawHeader,
     TracePoll,
     body_type,
@@ -725,6 +726,48 @@ def test_smtp_data_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> 
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", out) is None
     assert re.search(rb"(?:^|\n)\.\r", out) is None
     assert not out or out.endswith(b"\r\n")
+
+
+@given(DATA, CUTS, st.lists(st.booleans(), max_size=13))
+def test_chunks_said_to_be_plain_are_trusted_only_where_that_is_safe(
+    data: bytes, cuts: list[int], claims: list[bool]
+) -> None:
+    """`pass_plain` is for chunks the POP3 driver found to be DATA already: whole CRLF lines,
+    none starting with a dot. Wherever such a chunk falls in the stream (after half a line,
+    after a CR whose LF it starts with), the listener gets the same DATA as if every chunk
+    had been fed."""
+    stuffer = DataStuffer()
+    chunks = split(data, cuts)
+    out = b""
+    for chunk, claim in zip(chunks, claims + [False] * len(chunks), strict=False):
+        plain = claim and chunk.endswith(b"\n") and _really_plain(chunk)
+        out += stuffer.pass_plain(chunk) if plain else stuffer.feed(chunk)
+    out += stuffer.end()
+    assert out == ref_smtp_data(data)
+
+
+def _really_plain(chunk: bytes) -> bool:
+    lines = chunk.split(b"\r\n")
+    return lines[-1] == b"" and not any(
+        b"\r" in line or b"\n" in line or line.startswith(b".") for line in lines
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "chunk", "expected"),
+    [
+        (b"", b"ok\r\nfine\r\n", b"ok\r\nfine\r\n"),  # as it is
+        (b"", b".dot\r\n", b"..dot\r\n"),  # a first line with a dot is never passed as it is
+        (b"half", b"line\r\n", b"halfline\r\n"),  # not at a line start: fed
+        (b"cr\r", b"\nnext\r\n", b"cr\r\nnext\r\n"),  # the CR's LF: fed
+        (b"", b"no end", b"no end\r\n"),  # not whole lines: fed
+    ],
+)
+def test_pass_plain_falls_back_to_feeding(before: bytes, chunk: bytes, expected: bytes) -> None:
+    stuffer = DataStuffer()
+    out = stuffer.feed(before) + stuffer.pass_plain(chunk) + stuffer.end()
+    assert out == ref_smtp_data(before + chunk)
+    assert out.endswith(expected)
 
 
 @given(DATA, st.integers(min_value=1, max_value=7), st.booleans(), st.booleans())

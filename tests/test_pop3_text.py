@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 from types import SimpleNamespace
+from typing import BinaryIO, cast
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,9 @@ from hypothesis import strategies as st
 
 from fetcher.drivers.pop3 import Pop3Driver, _terminator, _unstuff
 from fetcher.errors import ServerConnectionError
+from fetcher.message import DataStuffer, smtp_data_chunks
 from fetcher.model import ServerOptions, UserOptions
+from fetcher.spool import GrowingSpool
 
 LIMIT = 40  # a small part of a line held at once, so that long lines are easy to make
 
@@ -45,12 +48,31 @@ class Trickle(io.RawIOBase):
 
 def copy(wire: bytes, sizes: list[int]) -> tuple[bytes, bytes]:
     """(what the driver wrote, what it left unread) for `wire` arriving in `sizes` pieces."""
-    d = Pop3Driver(ServerOptions(pollname="h", protocol="POP3"), UserOptions(remote="bob"))
-    reader = io.BufferedReader(Trickle(wire, sizes), buffer_size=16)
-    d._conn = SimpleNamespace(file=reader, sock=None, close=lambda: None)  # type: ignore[assignment]
     out = io.BytesIO()
-    assert d._copy_text(out, LIMIT, what="test") == len(out.getvalue())
-    return out.getvalue(), reader.read()
+    left = copy_to(out, wire, sizes)
+    return out.getvalue(), left
+
+
+def copy_to(out: BinaryIO, wire: bytes, sizes: list[int], buffer_size: int = 16) -> bytes:
+    """Let the driver copy `wire` to `out`; what it left unread."""
+    d = Pop3Driver(ServerOptions(pollname="h", protocol="POP3"), UserOptions(remote="bob"))
+    reader = io.BufferedReader(Trickle(wire, sizes), buffer_size=buffer_size)
+    d._conn = SimpleNamespace(file=reader, sock=None, close=lambda: None)  # type: ignore[assignment]
+    written = d._copy_text(out, LIMIT, what="test")
+    assert written == out.tell()
+    return reader.read()
+
+
+def spooled(wire: bytes, sizes: list[int], buffer_size: int = 16) -> list[tuple[bytes, bool]]:
+    """The text the driver wrote into a large message's spool, as the listener's side reads
+    it: chunks, each marked plain (DATA as it stands) or not."""
+    spool = GrowingSpool()
+    try:
+        copy_to(cast(BinaryIO, spool), wire, sizes, buffer_size)
+        spool.finish()
+        return list(spool.reader().marked_chunks(64))  # type: ignore[attr-defined]
+    finally:
+        spool.close()
 
 
 def line_by_line(wire: bytes) -> bytes:
@@ -85,6 +107,40 @@ def test_block_copy_reads_as_line_by_line(
     written, left = copy(wire + b"+OK next reply\r\n", sizes)
     assert written == line_by_line(wire)
     assert left == b"+OK next reply\r\n"  # nothing past the terminator is taken
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=lines, sizes=st.lists(st.integers(1, 9), min_size=1, max_size=5))
+def test_what_the_driver_marks_plain_is_smtp_data_as_it_stands(
+    lines: list[tuple[bytes, bytes]], sizes: list[int]
+) -> None:
+    """A large message's spool: the same text as any copy, and the parts marked plain are
+    whole CRLF lines none of which starts with a dot, so that the listener's side may send
+    them unsearched and still send what it would have."""
+    body = b"".join((b"." + text if text.startswith(b".") else text) + end for text, end in lines)
+    wire = body + b".\r\n"
+    chunks = spooled(wire, sizes)
+    text = b"".join(chunk for chunk, _ in chunks)
+    assert text == line_by_line(wire)
+    for chunk, plain in chunks:
+        if plain:
+            assert chunk.endswith(b"\r\n")
+            for line in chunk[:-2].split(b"\r\n"):
+                assert not line.startswith(b".") and b"\r" not in line and b"\n" not in line
+    stuffer = DataStuffer()
+    data = b"".join(stuffer.pass_plain(c) if p else stuffer.feed(c) for c, p in chunks)
+    assert data + stuffer.end() == b"".join(smtp_data_chunks([text]))
+
+
+def test_ordinary_crlf_text_is_marked_plain() -> None:
+    """The point of the marks: the usual text (CRLF lines, a stuffed dot now and then) is
+    sent on unsearched, all but the blocks that hold a dot at a line start."""
+    lines = [b"line %d of the message\r\n" % n for n in range(400)]
+    lines[200] = b"..a stuffed line\r\n"
+    chunks = spooled(b"".join(lines) + b".\r\n", [256], buffer_size=256)
+    plain = sum(len(chunk) for chunk, plain in chunks if plain)
+    assert plain > 0.8 * sum(len(chunk) for chunk, _ in chunks)
+    assert b"".join(chunk for chunk, _ in chunks) == line_by_line(b"".join(lines) + b".\r\n")
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,62 @@ def test_a_reader_gets_every_octet_written_whatever_the_pace() -> None:
     spool.close()
 
 
+def test_marked_chunks_say_which_text_was_written_plain_while_it_arrives() -> None:
+    """What the driver wrote with write_plain comes back marked, in whole lines, never mixed
+    with other text in one chunk, whatever the pace of the writer and the reader; a plain
+    line longer than a chunk is not marked (a chunk of it would not be whole lines)."""
+    rng = random.Random(3)
+    pieces = []
+    for _ in range(600):
+        plain = rng.random() < 0.7
+        lines = rng.randint(1, 40)
+        text = b"".join(
+            b"p" * (5000 if rng.random() < 0.01 else rng.choice((0, 5, 70, 300))) + b"\r\n"
+            if plain
+            else b"o.\r\r\n"
+            for _ in range(lines)
+        )
+        pieces.append((text, plain))
+    plain_runs = []  # (start, end) of what was written plain
+    at = 0
+    for text, plain in pieces:
+        if plain and plain_runs and plain_runs[-1][1] == at:
+            plain_runs[-1] = (plain_runs[-1][0], at + len(text))  # one run with the last
+        elif plain:
+            plain_runs.append((at, at + len(text)))
+        at += len(text)
+
+    def written_plain(start: int, end: int) -> bool:
+        return any(a <= start and end <= b for a, b in plain_runs)
+
+    spool = GrowingSpool()
+
+    def write() -> None:
+        for text, plain in pieces:
+            (spool.write_plain if plain else spool.write)(text)
+            if rng.random() < 0.01:
+                time.sleep(0.001)
+        spool.finish()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    chunks = list(spool.reader().marked_chunks(4096))  # type: ignore[attr-defined]
+    writer.join()
+    spool.close()
+    assert b"".join(chunk for chunk, _ in chunks) == b"".join(text for text, _ in pieces)
+    at = 0
+    long_line_seen = False
+    for chunk, plain in chunks:
+        inside = written_plain(at, at + len(chunk))
+        if plain:
+            assert inside and chunk.endswith(b"\r\n"), (at, chunk[:20])
+        elif inside and b"\n" not in chunk[:-1]:
+            long_line_seen = True  # a piece of a plain line longer than a chunk
+        at += len(chunk)
+    assert long_line_seen
+    assert sum(len(c) for c, plain in chunks if plain) > 0.5 * sum(b - a for a, b in plain_runs)
+
+
 def test_a_text_broken_off_never_reads_to_its_end() -> None:
     data = b"y" * (2 << 20)
     spool = GrowingSpool()

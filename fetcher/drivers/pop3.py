@@ -26,7 +26,7 @@ import poplib
 import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol, cast
 
@@ -752,6 +752,8 @@ class Pop3Driver(Endpoint):
         pending = bytearray()  # the part of a line not written yet; its LF has not arrived
         continued = False  # pending is the rest of a line whose start was written already
         written = 0
+        # A spool that can tell SMTP-ready text from the rest (fetcher/spool.py) is told.
+        write_plain: Callable[[bytes], object] = getattr(out, "write_plain", out.write)
         while True:
             with self._wire(None):
                 block = reader.peek(1)  # all that is buffered, or one read's worth
@@ -774,7 +776,26 @@ class Pop3Driver(Endpoint):
                 continued = False
             block_lines = data[start:] if start else data
             # CRLF throughout, as RFC 1939 has it, makes both steps one search shorter
-            crlf = block_lines.count(b"\n") == block_lines.count(b"\r\n")
+            lf_count = block_lines.count(b"\n")
+            crlf = lf_count == block_lines.count(b"\r\n")
+            if crlf and not text and _undotted(block_lines):
+                # The usual block: neither the terminator nor a stuffed dot is in it, so its
+                # whole lines are the message's text as they stand, and SMTP DATA too when
+                # no CR stands alone (the listener's side then sends them on unsearched).
+                cut = block_lines.rfind(b"\n") + 1
+                with self._wire(None):
+                    reader.read(len(data) - len(pending))
+                lines = block_lines[:cut]
+                if block_lines.count(b"\r", 0, cut) == lf_count:
+                    write_plain(lines)
+                else:
+                    out.write(lines)
+                written += cut
+                pending = bytearray(block_lines[cut:])
+                if len(pending) >= hold:
+                    written += _write_part(out, pending, line_start=True)
+                    continued = True
+                continue
             end, end_length = _terminator(block_lines, crlf=crlf)
             if end >= 0:
                 lines, rest, used = block_lines[:end], b"", start + end + end_length
@@ -885,6 +906,12 @@ def _terminator(data: bytes, *, crlf: bool = False) -> tuple[int, int]:
         if (at := marked.find(term)) >= 0
     ]
     return min(found) if found else (-1, 0)
+
+
+def _undotted(lines: bytes) -> bool:
+    """Whether no line that starts in `lines` (CRLF lines, the first starting at its start)
+    starts with a dot: then neither the terminator nor any stuffing is in it."""
+    return not lines.startswith(b".") and lines.find(b"\r\n.") < 0
 
 
 def _write_part(out: BinaryIO, pending: bytearray, *, line_start: bool) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 # What a message's body goes through on its way out (`mimedecode`): chunks in, chunks out.
 BodyFilter = Callable[[Iterable[bytes]], Iterator[bytes]]
@@ -47,6 +47,15 @@ class Message:
         read = self.body.read
         chunks = iter(lambda: read(chunk_size), b"")
         return self.body_filter(chunks) if self.body_filter is not None else chunks
+
+    def marked_chunks(self, chunk_size: int = 65536) -> Iterator[tuple[bytes, bool]]:
+        """`body_chunks`, each with whether it is SMTP DATA as it stands: a large message's
+        text that the driver marked so in its spool (fetcher/spool.py), when nothing filters
+        it; False for everything else."""
+        marked = getattr(self.body, "marked_chunks", None)
+        if self.body_filter is None and marked is not None:
+            return cast(Iterator[tuple[bytes, bool]], marked(chunk_size))
+        return ((chunk, False) for chunk in self.body_chunks(chunk_size))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import re
 import socket
@@ -33,7 +32,7 @@ from aiosmtplib.esmtp import parse_esmtp_extensions
 
 from fetcher import plugin, trace
 from fetcher.errors import ConfigError, ListenerUnavailableError
-from fetcher.message import smtp_data_chunks
+from fetcher.message import DataStuffer
 from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
 from fetcher.spool import still_growing
 
@@ -731,8 +730,18 @@ class SmtpSink:
         # The header goes through the same line-end handling and stuffing as the body: with
         # `bad-header accept` a header line could start with a dot too. Every line end becomes
         # CRLF whatever stripcr or forcecr say: they are for MDAs; SMTP and LMTP take CRLF.
-        chunks = itertools.chain([message.header], message.body_chunks(self._chunk_size))
-        return smtp_data_chunks(chunks)
+        # What the driver found to be DATA already goes as it is (fetcher/spool.py).
+        stuffer = DataStuffer()
+        head = stuffer.feed(message.header)
+        if head:
+            yield head
+        for chunk, plain in message.marked_chunks(self._chunk_size):
+            out = stuffer.pass_plain(chunk) if plain else stuffer.feed(chunk)
+            if out:
+                yield out
+        tail = stuffer.end()
+        if tail:
+            yield tail
 
     async def _lmtp_replies(
         self, wire: _Wire, accepted: list[str], refused: dict[str, str]
