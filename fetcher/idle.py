@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from fetcher.credentials import for_login
-from fetcher.drivers.imap import ImapDriver
 from fetcher.errors import PyfetchError
 from fetcher.exitcodes import ExitCode
 from fetcher.idleplan import (
@@ -80,6 +79,8 @@ def watch_connection(
     server: ServerOptions, user: UserOptions, folder: str | None
 ) -> WatchConnection:
     """The default WatchFactory."""
+    from fetcher.drivers.imap import ImapDriver  # imapclient: only when a folder is watched
+
     return ImapDriver(server, user, folder=folder, read_only=True)
 
 
