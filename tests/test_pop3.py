@@ -13,6 +13,7 @@ import poplib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,14 @@ from servers.fixtures import unavailable
 
 from fetcher import trace
 from fetcher.drivers.base import MailboxDriver, MessageInfo
-from fetcher.drivers.pop3 import MAX_LINE, Pop3Driver, apop_timestamp
+from fetcher.drivers.pop3 import (
+    MAX_LINE,
+    READ_BUFFER,
+    Pop3Driver,
+    _TlsRecords,
+    apop_timestamp,
+    reader_of,
+)
 from fetcher.errors import (
     AuthenticationError,
     ConfigError,
@@ -503,10 +511,83 @@ def test_large_message_with_long_lines_is_streamed() -> None:
         assert d.retrieve(1, out, peek=False) == len(big)
         d.close()
     assert out.getvalue() == big
-    # written as it arrives, a line or a buffer's worth of lines at a time: the header's two
-    # lines together, then each 100 KB line once its end is in; never the whole message
-    assert out.writes == 53
-    assert out.largest == len(line) + 8
+    # written as it arrives, a read buffer's worth of whole lines at a time (a 100 KB line
+    # once its end is in); never the whole message
+    assert out.writes >= len(big) // READ_BUFFER
+    assert len(line) + 8 <= out.largest <= READ_BUFFER + len(line) + 8
+
+
+def test_a_tls_read_takes_every_record_already_in_but_waits_for_none_more(
+    test_ca: TestCA,
+) -> None:
+    """A TLS read gives one record (16 KB at most); the connection's reader takes all those
+    that have come in, so that a large message is worked on in large blocks. It must not
+    wait for a record the server has not sent: that could be past the end of the reply."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = threading.Event()
+    more = threading.Event()
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with test_ca.server_context().wrap_socket(conn, server_side=True) as tls_conn:
+            for _ in range(12):
+                tls_conn.sendall(b"z" * 10_000)  # a record each
+            sent.set()
+            more.wait(5)  # the next record only once the reader has had the first twelve
+            tls_conn.sendall(b"end")
+            done.wait(5)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        sock = socket.create_connection(listener.getsockname(), timeout=2)
+        with test_ca.client_context().wrap_socket(sock, server_hostname="localhost") as tls:
+            reader = reader_of(tls)
+            assert sent.wait(5)
+            time.sleep(0.1)  # every record is in the socket's buffer
+            # twelve records in one read, which did not wait for a thirteenth (a read that
+            # had waited would have timed out, and the next read would raise)
+            assert len(reader.peek(1)) == 120_000
+            assert reader.read(120_000) == b"z" * 120_000
+            more.set()
+            assert reader.read(3) == b"end"
+    finally:
+        more.set()
+        done.set()
+        server.join()
+        listener.close()
+
+
+def test_a_tls_read_failing_after_some_records_hands_those_over_first() -> None:
+    """The octets read before an error are the reply's: they are used, and the error comes
+    with the next read (as it would have, one record at a time)."""
+
+    class Failing:
+        def __init__(self) -> None:
+            self.pair = socket.socketpair()
+            self.reads = 0
+
+        def fileno(self) -> int:
+            return self.pair[0].fileno()
+
+        def pending(self) -> int:
+            return 1  # another record seems to be there
+
+        def recv_into(self, view: memoryview) -> int:
+            self.reads += 1
+            if self.reads > 1:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            view[:5] = b"first"
+            return 5
+
+    sock = Failing()
+    reader = io.BufferedReader(_TlsRecords(sock))  # type: ignore[arg-type]
+    assert reader.read1(100) == b"first"
+    with pytest.raises(ConnectionResetError):
+        reader.read1(100)
+    for end in sock.pair:
+        end.close()
 
 
 def test_dot_stuffing_is_undone() -> None:

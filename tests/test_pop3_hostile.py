@@ -37,7 +37,7 @@ from servers.certs import TestCA, fingerprint
 
 from fetcher import trace
 from fetcher.console import Console
-from fetcher.drivers.pop3 import MAX_AUTH_LINE, MAX_LINE, Pop3Driver
+from fetcher.drivers.pop3 import MAX_AUTH_LINE, MAX_LINE, READ_BUFFER, Pop3Driver
 from fetcher.errors import (
     AuthenticationError,
     ProtocolError,
@@ -112,7 +112,7 @@ class RecordingFile(io.BytesIO):
 
 # What the copy may hold of one line before it writes it on, plus a read's worth: a generous
 # bound that a copy holding a whole 3 MiB or 20 MiB line cannot meet.
-HELD_AT_MOST = MAX_LINE + 64 * 1024
+HELD_AT_MOST = MAX_LINE + READ_BUFFER
 
 
 def retrieve_all(server: FakePop3Server, **user: Any) -> list[RecordingFile]:
