@@ -69,8 +69,12 @@ class GrowingSpool:
         # go of the interpreter lock, and getting it back while the listener's side is busy
         # can take milliseconds. Thousands of small writes made the server's side the slower.
         n = len(data)
-        self._pending += data
         self._written += n
+        if not self._pending and n >= PUBLISH_OCTETS:
+            self._write_all(data)  # large enough as it is: no copy into _pending
+            self._publish()
+            return n
+        self._pending += data
         if len(self._pending) >= PUBLISH_OCTETS:
             self._publish()
         return n
@@ -84,14 +88,17 @@ class GrowingSpool:
 
     def _publish(self) -> None:
         if self._pending:
-            view = memoryview(self._pending)
-            while view:
-                view = view[self._file.write(view) or 0 :]
-            view.release()
+            self._write_all(self._pending)
             self._pending.clear()
         with self._cond:
             self._published = self._written
             self._cond.notify_all()
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as whole:
+            view = whole
+            while view:
+                view = view[self._file.write(view) or 0 :]
 
     def finish(self, error: BaseException | None = None) -> None:
         """The text is complete, or will never be (`error`). Readers wake up either way.
