@@ -58,6 +58,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -371,6 +372,7 @@ class Run:
     delivered: float = 0.0  # the last message written into the Maildir
     cpu: float = 0.0
     maxrss_kb: int = 0
+    servers_cpu: float = 0.0  # what the rest of the machine (the servers) used meanwhile
     error: str | None = None
 
 
@@ -429,6 +431,21 @@ def spawn_timed(command: list[str], home: Path, env: dict[str, str]) -> tuple[fl
     return start_clock, run, proc.returncode
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent (all CPUs, all processes, the kernel)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(n) for n in stat.readline().split()[1:8]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """This process's CPU and its reaped children's (the program, its GNU time, postqueue)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def log_tail(home: Path, lines: int = 15) -> str:
     text = (home / "output.txt").read_text(errors="replace").splitlines()
     return "\n".join(f"    {line}" for line in text[-lines:])
@@ -449,14 +466,17 @@ def run_program(
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C",
         "PYTHONPATH": str(ROOT),
     }  # fmt: skip
+    busy, ours = machine_busy(), own_cpu()
     start_clock, run, status = spawn_timed(command, home, env)
     try:
         if status != 0:
             raise CheckFailed(f"exit status {status}")
+        last = servers.wait_for_postfix(case.total)
+        # the servers' CPU: the machine's, less the program's and this harness's
+        run.servers_cpu = max(machine_busy() - busy - (own_cpu() - ours), 0.0)
         left = servers.left_on_server(mail)
         if left:
             raise CheckFailed(f"{left} messages left on the server")
-        last = servers.wait_for_postfix(case.total)
         check_maildir(servers.postfix, mail.expected)
     except CheckFailed as exc:
         run.error = str(exc)
@@ -575,7 +595,8 @@ def run_case(
         if run.error is None:
             print(f"  {name}: {seconds(run.wall)} s wall (all delivered at "
                   f"{seconds(run.delivered)} s), {seconds(run.cpu)} s CPU, "
-                  f"{run.maxrss_kb / 1024:.1f} MB", file=sys.stderr, flush=True)
+                  f"{run.maxrss_kb / 1024:.1f} MB; the servers' CPU meanwhile "
+                  f"{seconds(run.servers_cpu)} s", file=sys.stderr, flush=True)
         return run
 
     ours = [
@@ -592,7 +613,7 @@ def run_case(
 HEADERS = (
     "Case", "pyfetch s", "fetchmail s", "ratio", "pyfetch CPU s", "fetchmail CPU s", "ratio",
     "pyfetch RSS MB", "fetchmail RSS MB", "ratio", "smtp-source s", "drain s", "limit s",
-    "pyfetch ÷ limit",
+    "pyfetch ÷ limit", "servers' CPU s", "CPU floor s",
 )  # fmt: skip
 
 
@@ -624,7 +645,15 @@ def cells(row: Row) -> list[str]:
         "failed" if limit.drain is None else seconds(limit.drain),
         NONE if lim is None else seconds(lim),
         over,
+        value(ours, "servers_cpu"),
+        NONE if ours is None or ours.error else seconds(cpu_floor(ours)),
     ]  # fmt: skip
+
+
+def cpu_floor(run: Run) -> float:
+    """The least wall time the CPU work of a run allows: the program's and the servers' CPU
+    spread evenly over every CPU of the machine."""
+    return (run.cpu + run.servers_cpu) / (os.cpu_count() or 1)
 
 
 def notes(rows: list[Row]) -> list[str]:
@@ -662,7 +691,10 @@ LEGEND = (
     "(case 6: one per account, at once), until all are in the Maildir. drain: a raw client "
     "taking the same mailbox(es) over STLS/STARTTLS with every command pipelined (POP3; IMAP "
     "for the IMAP cases; one account after the other). Limit: the larger of the two (and in "
-    "case 6 at least the mute server's timeout)."
+    "case 6 at least the mute server's timeout). Servers' CPU: what the rest of the machine "
+    "(Dovecot, Postfix, the kernel's work for them) spent during pyfetch's run. CPU floor: "
+    "pyfetch's and the servers' CPU spread over all CPUs, the least wall time that work "
+    "allows on this machine."
 )
 
 
