@@ -40,7 +40,7 @@ from fetcher.errors import ConfigError
 from fetcher.mimedecode import MimeInfo, analyse, decode_body, unmime_header
 from fetcher.model import GlobalOptions, LocalName, ServerOptions, UserOptions
 from fetcher.recipients import Resolve, Routing, route
-from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
+from fetcher.sinks.base import Delivery, Envelope, Message, Outcome, through
 
 __all__ = [
     "MAX_HEADER_OCTETS",
@@ -915,13 +915,7 @@ def smtp_data_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     counting, not rewritten.
     """
     stuffer = DataStuffer()
-    for chunk in chunks:
-        out = stuffer.feed(chunk)
-        if out:
-            yield out
-    tail = stuffer.end()
-    if tail:
-        yield tail
+    return through(chunks, stuffer.feed, stuffer.end)
 
 
 class DataStuffer:

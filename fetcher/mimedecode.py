@@ -41,6 +41,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from fetcher.sinks.base import through
+
 __all__ = [
     "BodyDecoder",
     "MimeInfo",
@@ -595,10 +597,4 @@ class BodyDecoder:
 def decode_body(chunks: Iterable[bytes], info: MimeInfo) -> Iterator[bytes]:
     """The body in `chunks`, decoded as `mimedecode` wants it (see BodyDecoder)."""
     decoder = BodyDecoder(info)
-    for chunk in chunks:
-        out = decoder.feed(chunk)
-        if out:
-            yield out
-    out = decoder.finish()
-    if out:
-        yield out
+    return through(chunks, decoder.feed, decoder.finish)

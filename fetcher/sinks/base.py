@@ -15,6 +15,20 @@ from typing import BinaryIO, Protocol, cast
 BodyFilter = Callable[[Iterable[bytes]], Iterator[bytes]]
 
 
+def through(
+    chunks: Iterable[bytes], feed: Callable[[bytes], bytes], end: Callable[[], bytes]
+) -> Iterator[bytes]:
+    """`chunks` through a filter that keeps state from one to the next: what `feed` makes of
+    each, then what `end` adds once they are all in; no empty chunk."""
+    for chunk in chunks:
+        out = feed(chunk)
+        if out:
+            yield out
+    tail = end()
+    if tail:
+        yield tail
+
+
 class Outcome(enum.Enum):
     ACCEPTED = "accepted"  # the MTA took responsibility (250 after DATA, MDA exit 0)
     TEMPFAIL = "tempfail"  # try again later: 4xx, lost connection, any MDA failure
