@@ -32,9 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol, cast
 
 from fetcher import tls, trace
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 from fetcher.drivers.base import MessageInfo
 from fetcher.drivers.endpoint import Endpoint, SocketOpener, peer_address, read_line
 from fetcher.drivers.sasl import (
@@ -57,6 +54,9 @@ from fetcher.errors import (
 )
 from fetcher.exitcodes import ExitCode
 from fetcher.model import ServerOptions, UserOptions
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 PROTO = "POP3"
 DEFAULT_PORT = 110
@@ -835,25 +835,11 @@ class Pop3Driver(Endpoint):
             # CRLF throughout, as RFC 1939 has it, makes both steps one search shorter
             lf_count = block_lines.count(b"\n")
             crlf = lf_count == block_lines.count(b"\r\n")
-            if crlf and not text and _undotted(block_lines):
-                # The usual block: neither the terminator nor a stuffed dot is in it, so its
-                # whole lines are the message's text as they stand, and SMTP DATA too when
-                # no CR stands alone (the listener's side then sends them on unsearched).
-                cut = block_lines.rfind(b"\n") + 1
-                with self._wire(None):
-                    reader.read(len(data) - len(pending))
-                lines = block_lines[:cut]
-                if block_lines.count(b"\r", 0, cut) == lf_count:
-                    write_plain(lines)
-                else:
-                    out.write(lines)
-                written += cut
-                pending = bytearray(block_lines[cut:])
-                if len(pending) >= hold:
-                    written += _write_part(out, pending, line_start=True)
-                    continued = True
-                continue
-            end, end_length = _terminator(block_lines, crlf=crlf)
+            # The usual block: neither the terminator nor a stuffed dot is in it, so its whole
+            # lines are the message's text as they stand, and SMTP DATA too when no CR stands
+            # alone (the listener's side then sends them on unsearched).
+            usual = crlf and not text and _undotted(block_lines)
+            end, end_length = (-1, 0) if usual else _terminator(block_lines, crlf=crlf)
             if end >= 0:
                 lines, rest, used = block_lines[:end], b"", start + end + end_length
             else:
@@ -862,9 +848,10 @@ class Pop3Driver(Endpoint):
             with self._wire(None):
                 # the whole block, or only up to the end of the terminator line
                 reader.read(used - len(pending))
-            text += _unstuff(lines, crlf=crlf)
+            text = lines if usual else text + _unstuff(lines, crlf=crlf)
             if text:
-                out.write(text)
+                plain = usual and text.count(b"\r") == lf_count
+                (write_plain if plain else out.write)(text)
                 written += len(text)
             if end >= 0:
                 return written
