@@ -9,14 +9,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol, TypeVar, cast
+
+_Chunk = TypeVar("_Chunk")
 
 # What a message's body goes through on its way out (`mimedecode`): chunks in, chunks out.
 BodyFilter = Callable[[Iterable[bytes]], Iterator[bytes]]
 
 
 def through(
-    chunks: Iterable[bytes], feed: Callable[[bytes], bytes], end: Callable[[], bytes]
+    chunks: Iterable[_Chunk], feed: Callable[[_Chunk], bytes], end: Callable[[], bytes]
 ) -> Iterator[bytes]:
     """`chunks` through a filter that keeps state from one to the next: what `feed` makes of
     each, then what `end` adds once they are all in; no empty chunk."""

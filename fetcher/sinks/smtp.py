@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import socket
@@ -33,7 +34,7 @@ from aiosmtplib.esmtp import parse_esmtp_extensions
 from fetcher import plugin, trace
 from fetcher.errors import ConfigError, ListenerUnavailableError
 from fetcher.message import DataStuffer
-from fetcher.sinks.base import Delivery, Envelope, Message, Outcome
+from fetcher.sinks.base import Delivery, Envelope, Message, Outcome, through
 from fetcher.spool import still_growing
 
 CHUNK_SIZE = 65536  # bytes per DATA write; large writes are what keep Nagle out of the way
@@ -732,16 +733,13 @@ class SmtpSink:
         # CRLF whatever stripcr or forcecr say: they are for MDAs; SMTP and LMTP take CRLF.
         # What the driver found to be DATA already goes as it is (fetcher/spool.py).
         stuffer = DataStuffer()
-        head = stuffer.feed(message.header)
-        if head:
-            yield head
-        for chunk, plain in message.marked_chunks(self._chunk_size):
-            out = stuffer.pass_plain(chunk) if plain else stuffer.feed(chunk)
-            if out:
-                yield out
-        tail = stuffer.end()
-        if tail:
-            yield tail
+
+        def stuffed(marked: tuple[bytes, bool]) -> bytes:
+            chunk, plain = marked
+            return stuffer.pass_plain(chunk) if plain else stuffer.feed(chunk)
+
+        chunks = itertools.chain([(message.header, False)], message.marked_chunks(self._chunk_size))
+        return through(chunks, stuffed, stuffer.end)
 
     async def _lmtp_replies(
         self, wire: _Wire, accepted: list[str], refused: dict[str, str]
