@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import BinaryIO, cast
 
 # The writer makes its data visible in steps of this much (one flush each): small enough to
@@ -152,18 +153,13 @@ class GrowingSpool:
         return os.pread(self._file.fileno(), size, offset)
 
     def _run_at(self, offset: int) -> tuple[bool, int]:
-        """Whether the text at `offset` (which has arrived) was written plain, and where that
-        run ends (a large number while it is the last)."""
+        """Whether the text at `offset` (which has arrived, so some run holds it: the first
+        starts at 0) was written plain, and where that run ends (a large number while it is
+        the last)."""
         runs = self._runs
-        at = bisect.bisect_right(runs, offset, key=_start) - 1
-        if at < 0:
-            return False, runs[0][0] if runs else _EVERYTHING
+        at = bisect.bisect_right(runs, offset, key=itemgetter(0)) - 1
         end = runs[at + 1][0] if at + 1 < len(runs) else _EVERYTHING
         return runs[at][1], end
-
-
-def _start(run: tuple[int, bool]) -> int:
-    return run[0]
 
 
 def still_growing(body: BinaryIO) -> bool:
