@@ -24,7 +24,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from aiosmtplib.auth import auth_crammd5_verify, auth_login_encode, auth_plain_encode
@@ -331,6 +331,27 @@ class _Wire:
             await asyncio.to_thread(self.process.finish)
 
 
+async def _recipient_replies(
+    recipients: Sequence[str], reply_for: Callable[[str], Awaitable[_Reply]]
+) -> tuple[list[str], dict[str, str], list[_Reply]]:
+    """The RCPT TO replies, one recipient after the other (sent one by one, or read after a
+    pipelined group): the recipients accepted, those refused with the listener's words, and
+    the refusals. A 421 ends it, as the last refusal: the listener is closing."""
+    accepted: list[str] = []
+    refused: dict[str, str] = {}
+    refusals: list[_Reply] = []
+    for recipient in recipients:
+        reply = await reply_for(recipient)
+        if reply.code in (250, 251):
+            accepted.append(recipient)
+            continue
+        refused[recipient] = reply.last
+        refusals.append(reply)
+        if reply.code == 421:
+            break
+    return accepted, refused, refusals
+
+
 def _envelope_verdict(accepted: Sequence[str], refusals: Sequence[_Reply]) -> _Reply | None:
     """The RCPT refusal that stops the message, or None if it goes on to DATA."""
     transient = [r for r in refusals if _outcome_of(r.code) is Outcome.TEMPFAIL]
@@ -561,18 +582,11 @@ class SmtpSink:
         if reply.code != 250:
             return await self._refusal(wire, reply)
 
-        accepted: list[str] = []
-        refused: dict[str, str] = {}
-        refusals: list[_Reply] = []
-        for recipient in envelope.recipients:
-            reply = await wire.command(f"RCPT TO:<{recipient}>", t.command)
-            if reply.code in (250, 251):
-                accepted.append(recipient)
-                continue
-            refused[recipient] = reply.last
-            refusals.append(reply)
-            if reply.code == 421:
-                return await self._refusal(wire, reply, refused)
+        accepted, refused, refusals = await _recipient_replies(
+            envelope.recipients, lambda rcpt: wire.command(f"RCPT TO:<{rcpt}>", t.command)
+        )
+        if refusals and refusals[-1].code == 421:
+            return await self._refusal(wire, refusals[-1], refused)
         verdict = _envelope_verdict(accepted, refusals)
         if verdict is not None:
             return await self._refusal(wire, verdict, refused, refusals)
@@ -608,18 +622,11 @@ class SmtpSink:
         if reply.code != 250:
             return await self._unwanted(wire, reply, {}, (), unread=len(recipients))
 
-        accepted: list[str] = []
-        refused: dict[str, str] = {}
-        refusals: list[_Reply] = []
-        for recipient in recipients:
-            reply = await wire.reply(t.command)
-            if reply.code in (250, 251):
-                accepted.append(recipient)
-                continue
-            refused[recipient] = reply.last
-            refusals.append(reply)
-            if reply.code == 421:
-                return await self._refusal(wire, reply, refused)
+        accepted, refused, refusals = await _recipient_replies(
+            recipients, lambda _rcpt: wire.reply(t.command)
+        )
+        if refusals and refusals[-1].code == 421:
+            return await self._refusal(wire, refusals[-1], refused)
         verdict = _envelope_verdict(accepted, refusals)
         if verdict is not None:
             return await self._unwanted(wire, verdict, refused, refusals, accepted=bool(accepted))
